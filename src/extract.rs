@@ -1,0 +1,277 @@
+//! Extract: an event and a route's identity spec → the identities the signals key on.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::event::Event;
+
+/// Where one identity is read from, as written in config: `header:NAME`, `query:NAME`,
+/// `json:/pointer`, `cookie:NAME` or `ip`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Header(String),
+    Query(String),
+    Json(String),
+    Cookie(String),
+    Ip,
+}
+
+impl FromStr for Source {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "ip" {
+            return Ok(Source::Ip);
+        }
+        let (kind, arg) = s.split_once(':').ok_or_else(|| {
+            format!("identity source `{s}` must be `header:NAME`, `query:NAME`, `json:/pointer`, `cookie:NAME` or `ip`")
+        })?;
+        if arg.is_empty() {
+            return Err(format!("identity source `{s}` names nothing after `{kind}:`"));
+        }
+        match kind {
+            "header" => Ok(Source::Header(arg.to_ascii_lowercase())),
+            "query" => Ok(Source::Query(arg.to_string())),
+            "cookie" => Ok(Source::Cookie(arg.to_string())),
+            "json" if arg.starts_with('/') => Ok(Source::Json(arg.to_string())),
+            "json" => Err(format!("JSON pointer in `{s}` must start with `/`, e.g. `json:/inviter_id`")),
+            _ => Err(format!(
+                "unknown identity source kind `{kind}` in `{s}`; allowed: header, query, json, cookie, ip"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Header(n) => write!(f, "header:{n}"),
+            Source::Query(n) => write!(f, "query:{n}"),
+            Source::Json(p) => write!(f, "json:{p}"),
+            Source::Cookie(n) => write!(f, "cookie:{n}"),
+            Source::Ip => f.write_str("ip"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Source {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where each identity of a route comes from. A missing source means the route has
+/// no such identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdentitySpec {
+    pub user: Option<Source>,
+    pub device: Option<Source>,
+    pub phone: Option<Source>,
+    pub campaign: Option<Source>,
+    pub inviter: Option<Source>,
+    pub amount: Option<Source>,
+}
+
+impl IdentitySpec {
+    /// True when any identity is read from the JSON body, so the body must be buffered.
+    pub fn needs_json_body(&self) -> bool {
+        [&self.user, &self.device, &self.phone, &self.campaign, &self.inviter, &self.amount]
+            .into_iter()
+            .any(|s| matches!(s, Some(Source::Json(_))))
+    }
+}
+
+/// The identities of one request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Identities {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    pub ip: IpAddr,
+    #[serde(skip)]
+    pub subnet: IpNet,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inviter: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<f64>,
+}
+
+/// Longest identity value kept; longer values are cut so that a hostile client cannot
+/// make every later stage hash and log megabytes.
+const MAX_IDENTITY_LEN: usize = 256;
+
+/// Reads the identities of `event` as `spec` says, resolving the client IP through
+/// `trusted_proxies`.
+pub fn identities(spec: &IdentitySpec, event: &Event, trusted_proxies: &[IpNet]) -> Identities {
+    let ip = client_ip(event.client_ip, event.header("x-forwarded-for"), trusted_proxies);
+    let read = |s: &Option<Source>| s.as_ref().and_then(|s| read_source(s, event, ip));
+    Identities {
+        user: read(&spec.user),
+        device: read(&spec.device),
+        ip,
+        subnet: subnet_of(ip),
+        phone: read(&spec.phone),
+        campaign: read(&spec.campaign),
+        inviter: read(&spec.inviter),
+        amount: read(&spec.amount).and_then(|a| a.parse::<f64>().ok()).filter(|a| a.is_finite()),
+    }
+}
+
+/// The /24 (IPv4) or /64 (IPv6) around an address: the unit a crew's proxy pool or a
+/// carrier NAT shares.
+pub fn subnet_of(ip: IpAddr) -> IpNet {
+    let prefix = if ip.is_ipv4() { 24 } else { 64 };
+    IpNet::new(ip, prefix).map(|n| n.trunc()).unwrap_or_else(|_| IpNet::from(ip))
+}
+
+/// The socket peer, unless it is a trusted proxy: then the right-most X-Forwarded-For
+/// entry that is not itself a trusted proxy (nginx's `real_ip_recursive on`). The
+/// left-most entries are whatever the client wrote and are never trusted blindly.
+pub fn client_ip(peer: IpAddr, xff: Option<&str>, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut current = peer;
+    let Some(xff) = xff else { return peer };
+    for entry in xff.rsplit(',') {
+        let Ok(hop) = entry.trim().parse::<IpAddr>() else {
+            // A malformed hop ends the chain: nothing left of it can be trusted.
+            return current;
+        };
+        current = hop;
+        if !is_trusted(&hop) {
+            return hop;
+        }
+    }
+    current
+}
+
+fn read_source(source: &Source, event: &Event, ip: IpAddr) -> Option<String> {
+    let value = match source {
+        Source::Header(name) => event.header(name).map(str::to_string),
+        Source::Query(name) => form_urlencoded::parse(event.query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned()),
+        Source::Cookie(name) => event.header("cookie").and_then(|c| {
+            c.split(';').find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                (k == name).then(|| v.to_string())
+            })
+        }),
+        Source::Json(pointer) => match event.body.as_ref()?.pointer(pointer)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            serde_json::Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        },
+        Source::Ip => Some(ip.to_string()),
+    }?;
+    let value = value.trim();
+    if value.is_empty() {
+        return None;
+    }
+    let mut end = value.len().min(MAX_IDENTITY_LEN);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(value[..end].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn event(headers: &[(&str, &str)], query: &str, body: Option<serde_json::Value>) -> Event {
+        Event {
+            ts_ms: 0,
+            method: "POST".into(),
+            path: "/x".into(),
+            query: query.into(),
+            client_ip: "198.51.100.9".parse().unwrap(),
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+            body,
+            label: None,
+        }
+    }
+
+    fn check_source(src: &str, ev: &Event, expect: Option<&str>) {
+        let source: Source = src.parse().unwrap();
+        assert_eq!(read_source(&source, ev, ev.client_ip).as_deref(), expect, "{src}");
+    }
+
+    #[test]
+    fn sources_read_their_values() {
+        let ev = event(
+            &[("x-user-id", "u1"), ("cookie", "a=1; sid=s-9;b=2"), ("x-empty", "  ")],
+            "uid=q%201&x=2",
+            Some(serde_json::json!({"campaign_id": "c-1", "amount": 10.5, "nested": {"id": 7}})),
+        );
+        check_source("header:X-User-Id", &ev, Some("u1"));
+        check_source("header:x-missing", &ev, None);
+        check_source("header:x-empty", &ev, None);
+        check_source("query:uid", &ev, Some("q 1"));
+        check_source("query:nope", &ev, None);
+        check_source("cookie:sid", &ev, Some("s-9"));
+        check_source("cookie:b", &ev, Some("2"));
+        check_source("json:/campaign_id", &ev, Some("c-1"));
+        check_source("json:/amount", &ev, Some("10.5"));
+        check_source("json:/nested/id", &ev, Some("7"));
+        check_source("json:/nested", &ev, None);
+        check_source("ip", &ev, Some("198.51.100.9"));
+    }
+
+    #[test]
+    fn bad_sources_are_explained() {
+        for (src, needle) in [
+            ("header", "must be"),
+            ("header:", "names nothing"),
+            ("json:campaign", "must start with `/`"),
+            ("body:x", "unknown identity source kind `body`"),
+        ] {
+            let err = src.parse::<Source>().unwrap_err();
+            assert!(err.contains(needle), "{src}: {err}");
+        }
+    }
+
+    #[test]
+    fn long_values_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(400);
+        let ev = event(&[("x-user-id", &long)], "", None);
+        let v = read_source(&Source::Header("x-user-id".into()), &ev, ev.client_ip).unwrap();
+        assert!(v.len() <= MAX_IDENTITY_LEN && v.chars().all(|c| c == 'é'));
+    }
+
+    fn check_ip(peer: &str, xff: Option<&str>, expect: &str) {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "127.0.0.1/32".parse().unwrap()];
+        assert_eq!(client_ip(peer.parse().unwrap(), xff, &trusted), expect.parse::<IpAddr>().unwrap(), "{peer} {xff:?}");
+    }
+
+    #[test]
+    fn forwarded_for_is_honoured_only_from_trusted_peers() {
+        check_ip("203.0.113.5", Some("1.2.3.4"), "203.0.113.5");
+        check_ip("127.0.0.1", Some("1.2.3.4"), "1.2.3.4");
+        check_ip("127.0.0.1", None, "127.0.0.1");
+        check_ip("127.0.0.1", Some("6.6.6.6, 1.2.3.4, 10.1.1.1"), "1.2.3.4");
+        check_ip("127.0.0.1", Some("10.2.2.2, 10.1.1.1"), "10.2.2.2");
+        check_ip("127.0.0.1", Some("garbage, 10.1.1.1"), "10.1.1.1");
+        check_ip("127.0.0.1", Some(" 2001:db8::1 "), "2001:db8::1");
+    }
+
+    #[test]
+    fn subnets_are_24_and_64() {
+        assert_eq!(subnet_of("203.0.113.77".parse().unwrap()).to_string(), "203.0.113.0/24");
+        assert_eq!(subnet_of("2001:db8:1:2:3::9".parse().unwrap()).to_string(), "2001:db8:1:2::/64");
+    }
+}

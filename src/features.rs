@@ -1,0 +1,138 @@
+//! The one named, versioned feature list shared by rules, the audit record and (later) the model.
+//!
+//! Serving and training read features through this table only, so a feature can never
+//! mean one thing to a rule and another to the classifier.
+
+/// Bumped whenever a feature is added, removed, renamed or changes meaning.
+pub const FEATURE_SET_VERSION: &str = "rg-features-1";
+
+macro_rules! features {
+    ($( $variant:ident => $name:literal, $window:literal, $meaning:literal; )*) => {
+        /// A feature, by position in the feature vector.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u16)]
+        pub enum Feature { $( $variant, )* }
+
+        /// Every feature in vector order.
+        pub const ALL: &[Feature] = &[ $( Feature::$variant, )* ];
+
+        impl Feature {
+            /// The name used in rules, model files and docs.
+            pub const fn name(self) -> &'static str {
+                match self { $( Feature::$variant => $name, )* }
+            }
+            /// The window the feature covers (`-` when it has none).
+            pub const fn window(self) -> &'static str {
+                match self { $( Feature::$variant => $window, )* }
+            }
+            /// One line a security engineer understands.
+            pub const fn meaning(self) -> &'static str {
+                match self { $( Feature::$variant => $meaning, )* }
+            }
+        }
+    };
+}
+
+features! {
+    UserReqs1s => "user_reqs_1s", "1 s", "requests by this account on this route";
+    UserReqs1m => "user_reqs_1m", "1 min", "requests by this account on this route";
+    UserReqs1h => "user_reqs_1h", "1 h", "requests by this account on this route";
+    UserReqs24h => "user_reqs_24h", "24 h", "requests by this account on this route";
+    DeviceReqs1s => "device_reqs_1s", "1 s", "requests from this device on this route";
+    DeviceReqs1m => "device_reqs_1m", "1 min", "requests from this device on this route";
+    DeviceReqs1h => "device_reqs_1h", "1 h", "requests from this device on this route";
+    DeviceReqs24h => "device_reqs_24h", "24 h", "requests from this device on this route";
+    IpReqs1s => "ip_reqs_1s", "1 s", "requests from this client IP on this route";
+    IpReqs1m => "ip_reqs_1m", "1 min", "requests from this client IP on this route";
+    IpReqs1h => "ip_reqs_1h", "1 h", "requests from this client IP on this route";
+    IpReqs24h => "ip_reqs_24h", "24 h", "requests from this client IP on this route";
+    SubnetReqs1s => "subnet_reqs_1s", "1 s", "requests from this /24 (IPv4) or /64 (IPv6) on this route";
+    SubnetReqs1m => "subnet_reqs_1m", "1 min", "requests from this /24 or /64 on this route";
+    SubnetReqs1h => "subnet_reqs_1h", "1 h", "requests from this /24 or /64 on this route";
+    SubnetReqs24h => "subnet_reqs_24h", "24 h", "requests from this /24 or /64 on this route";
+    PhoneReqs1s => "phone_reqs_1s", "1 s", "requests carrying this phone hash on this route";
+    PhoneReqs1m => "phone_reqs_1m", "1 min", "requests carrying this phone hash on this route";
+    PhoneReqs1h => "phone_reqs_1h", "1 h", "requests carrying this phone hash on this route";
+    PhoneReqs24h => "phone_reqs_24h", "24 h", "requests carrying this phone hash on this route";
+    CampaignReqs1s => "campaign_reqs_1s", "1 s", "requests for this campaign on this route";
+    CampaignReqs1m => "campaign_reqs_1m", "1 min", "requests for this campaign on this route";
+    CampaignReqs1h => "campaign_reqs_1h", "1 h", "requests for this campaign on this route";
+    CampaignReqs24h => "campaign_reqs_24h", "24 h", "requests for this campaign on this route";
+    RouteReqs1s => "route_reqs_1s", "1 s", "requests on this route from everyone";
+    RouteReqs1m => "route_reqs_1m", "1 min", "requests on this route from everyone";
+    RouteReqs1h => "route_reqs_1h", "1 h", "requests on this route from everyone";
+    RouteReqs24h => "route_reqs_24h", "24 h", "requests on this route from everyone";
+    UsersPerDevice1h => "users_per_device_1h", "1 h", "distinct accounts seen on this device (any route)";
+    UsersPerDevice24h => "users_per_device_24h", "24 h", "distinct accounts seen on this device (any route)";
+    DevicesPerUser1h => "devices_per_user_1h", "1 h", "distinct devices this account used (any route)";
+    DevicesPerUser24h => "devices_per_user_24h", "24 h", "distinct devices this account used (any route)";
+    UsersPerIp1h => "users_per_ip_1h", "1 h", "distinct accounts seen from this client IP (any route)";
+    UsersPerIp24h => "users_per_ip_24h", "24 h", "distinct accounts seen from this client IP (any route)";
+    UsersPerSubnet1h => "users_per_subnet_1h", "1 h", "distinct accounts seen from this /24 or /64 (any route)";
+    UsersPerSubnet24h => "users_per_subnet_24h", "24 h", "distinct accounts seen from this /24 or /64 (any route)";
+    UsersPerPhone1h => "users_per_phone_1h", "1 h", "distinct accounts seen with this phone hash (any route)";
+    UsersPerPhone24h => "users_per_phone_24h", "24 h", "distinct accounts seen with this phone hash (any route)";
+    UserAgeS => "user_age_s", "-", "seconds since this account was first seen (0 = new now or absent)";
+    DeviceAgeS => "device_age_s", "-", "seconds since this device was first seen (0 = new now or absent)";
+    HasUser => "has_user", "-", "1 when the request names an account";
+    HasDevice => "has_device", "-", "1 when the request carries a device id";
+    HasPhone => "has_phone", "-", "1 when the request carries a phone hash";
+    Amount => "amount", "-", "order amount from the request (0 when absent)";
+}
+
+/// Number of features in the vector.
+pub const COUNT: usize = ALL.len();
+
+/// The feature values of one request, in `ALL` order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features(pub [f64; COUNT]);
+
+impl Default for Features {
+    fn default() -> Self {
+        Features([0.0; COUNT])
+    }
+}
+
+impl Features {
+    /// The value of one feature.
+    pub fn get(&self, f: Feature) -> f64 {
+        self.0[f as usize]
+    }
+    /// Sets one feature.
+    pub fn set(&mut self, f: Feature, value: f64) {
+        self.0[f as usize] = value;
+    }
+    /// All values in vector order.
+    pub fn as_slice(&self) -> &[f64] {
+        &self.0
+    }
+}
+
+/// Looks a feature up by its name (as rules and model files spell it).
+pub fn by_name(name: &str) -> Option<Feature> {
+    ALL.iter().copied().find(|f| f.name() == name)
+}
+
+/// Index of a named feature in the vector, for compiling rules.
+pub fn index_of(name: &str) -> Option<usize> {
+    by_name(name).map(|f| f as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_in_vector_order() {
+        for (i, f) in ALL.iter().enumerate() {
+            assert_eq!(*f as usize, i);
+            assert_eq!(by_name(f.name()), Some(*f));
+            assert!(!f.meaning().is_empty());
+        }
+        let mut names: Vec<_> = ALL.iter().map(|f| f.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), COUNT);
+        assert_eq!(by_name("no_such_feature"), None);
+    }
+}

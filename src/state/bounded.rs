@@ -1,0 +1,259 @@
+//! A sharded map with a hard memory budget, for state keyed by attacker-controlled ids.
+//!
+//! Each shard holds two generations. New and touched keys live in the young one; when
+//! it reaches its share of the budget, or is older than the TTL, the old generation is
+//! dropped whole (its keys are the evictions) and the young one becomes old. A key
+//! touched within the last generation survives (it is moved back to young on access),
+//! so this approximates LRU with O(1) work and no per-entry links, and an attacker
+//! rotating millions of new ids only ever pushes out keys as cold as a generation.
+//!
+//! Keys are already keyed hashes of the identities (see `state::KeyHasher`), so the
+//! maps hash them with the identity function.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+const SHARDS: usize = 64;
+
+/// Values report their heap use so that the budget counts it too.
+pub trait HeapSize {
+    fn heap_bytes(&self) -> usize {
+        0
+    }
+}
+
+impl HeapSize for u64 {}
+
+/// The map's own accounting: what is tracked and what was let go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MapStats {
+    pub keys: u64,
+    pub bytes: u64,
+    pub evictions: u64,
+}
+
+pub struct BoundedMap<V> {
+    shards: Box<[Mutex<Shard<V>>]>,
+    /// Entries a young generation may hold before it is rotated.
+    max_young: usize,
+    /// Heap bytes a young generation may hold before it is rotated.
+    max_young_heap: usize,
+    ttl_ms: u64,
+    evictions: AtomicU64,
+}
+
+struct Shard<V> {
+    young: HashMap<u64, V, BuildHasherDefault<IdentityHasher>>,
+    old: HashMap<u64, V, BuildHasherDefault<IdentityHasher>>,
+    young_heap: usize,
+    old_heap: usize,
+    young_since_ms: u64,
+}
+
+impl<V: Default + HeapSize> BoundedMap<V> {
+    /// A map that keeps its slots and heap under `budget_bytes`, and forgets keys not
+    /// touched for between one and two `ttl_ms`.
+    pub fn new(budget_bytes: usize, ttl_ms: u64) -> Self {
+        let slot = Self::slot_bytes();
+        // Half the shard's budget per generation, of which at most half for slots; the
+        // slot count is rounded down to a power of two so that the table never regrows
+        // past it (a hash table's capacity is 7/8 of its power-of-two bucket count).
+        let per_generation = budget_bytes / SHARDS / 2;
+        let buckets = prev_power_of_two((per_generation / 2 / slot).max(8));
+        let max_young = buckets / 8 * 7;
+        let max_young_heap = per_generation.saturating_sub(buckets * slot);
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    young: HashMap::default(),
+                    old: HashMap::default(),
+                    young_heap: 0,
+                    old_heap: 0,
+                    young_since_ms: 0,
+                })
+            })
+            .collect();
+        BoundedMap { shards, max_young, max_young_heap, ttl_ms, evictions: AtomicU64::new(0) }
+    }
+
+    /// Bytes one slot of the table costs: key, value and control byte.
+    pub fn slot_bytes() -> usize {
+        std::mem::size_of::<(u64, V)>() + 1
+    }
+
+    /// Runs `f` on the key's value (a default one when the key is new, with `true`).
+    pub fn update<R>(&self, key: u64, now_ms: u64, f: impl FnOnce(&mut V, bool) -> R) -> R {
+        let shard = &self.shards[(key >> 58) as usize % SHARDS];
+        // A poisoned shard only means another request panicked mid-update; the data is
+        // plain counters, so keep serving rather than propagate the panic.
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let shard = &mut *shard;
+        if shard.young_since_ms == 0 {
+            shard.young_since_ms = now_ms;
+        }
+        let expired = now_ms.saturating_sub(shard.young_since_ms) > self.ttl_ms;
+        let full = shard.young.len() >= self.max_young || shard.young_heap > self.max_young_heap;
+        if (expired || full) && !shard.young.contains_key(&key) {
+            self.rotate(shard, now_ms);
+        }
+        let mut is_new = false;
+        let value = match shard.young.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let v = match shard.old.remove(&key) {
+                    Some(v) => {
+                        let h = v.heap_bytes();
+                        shard.old_heap -= h;
+                        shard.young_heap += h;
+                        v
+                    }
+                    None => {
+                        is_new = true;
+                        V::default()
+                    }
+                };
+                e.insert(v)
+            }
+        };
+        let before = value.heap_bytes();
+        let out = f(value, is_new);
+        shard.young_heap = shard.young_heap + value.heap_bytes() - before;
+        out
+    }
+
+    /// Reads a key without creating or promoting it.
+    pub fn peek<R>(&self, key: u64, f: impl FnOnce(&V) -> R) -> Option<R> {
+        let shard = self.shards[(key >> 58) as usize % SHARDS].lock().unwrap_or_else(|e| e.into_inner());
+        shard.young.get(&key).or_else(|| shard.old.get(&key)).map(f)
+    }
+
+    fn rotate(&self, shard: &mut Shard<V>, now_ms: u64) {
+        self.evictions.fetch_add(shard.old.len() as u64, Ordering::Relaxed);
+        let cap = self.max_young.min(shard.young.len().max(8));
+        shard.old = std::mem::replace(&mut shard.young, HashMap::with_capacity_and_hasher(cap, Default::default()));
+        shard.old_heap = std::mem::take(&mut shard.young_heap);
+        shard.young_since_ms = now_ms;
+    }
+
+    /// Tracked keys, bytes used (slots allocated plus heap) and evictions so far.
+    pub fn stats(&self) -> MapStats {
+        let slot = Self::slot_bytes() as u64;
+        let mut stats = MapStats { evictions: self.evictions.load(Ordering::Relaxed), ..MapStats::default() };
+        for shard in self.shards.iter() {
+            let s = shard.lock().unwrap_or_else(|e| e.into_inner());
+            stats.keys += (s.young.len() + s.old.len()) as u64;
+            let slots = bucket_count(s.young.capacity()) + bucket_count(s.old.capacity());
+            stats.bytes += slots as u64 * slot + (s.young_heap + s.old_heap) as u64;
+        }
+        stats
+    }
+
+    /// Most keys the map can hold at once.
+    pub fn capacity(&self) -> usize {
+        self.max_young * 2 * SHARDS
+    }
+}
+
+fn prev_power_of_two(n: usize) -> usize {
+    if n.is_power_of_two() {
+        n
+    } else {
+        n.next_power_of_two() / 2
+    }
+}
+
+/// Buckets behind a hash table of the given capacity (7/8 load, power of two).
+fn bucket_count(capacity: usize) -> usize {
+    if capacity == 0 {
+        0
+    } else if capacity < 8 {
+        capacity.next_power_of_two() * 2
+    } else {
+        (capacity * 8 / 7).next_power_of_two()
+    }
+}
+
+/// Keys are keyed hashes already; hashing them again would only cost time.
+#[derive(Default)]
+pub struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u64) -> u64 {
+        // Spread like the real keyed hashes, so that every shard is used.
+        i.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    #[test]
+    fn keeps_values_and_reports_new_keys() {
+        let map: BoundedMap<u64> = BoundedMap::new(1 << 20, 60_000);
+        assert!(map.update(key(1), 1, |v, new| {
+            *v += 5;
+            new
+        }));
+        assert!(!map.update(key(1), 2, |v, new| {
+            *v += 1;
+            new
+        }));
+        assert_eq!(map.peek(key(1), |v| *v), Some(6));
+        assert_eq!(map.peek(key(2), |v| *v), None);
+        assert_eq!(map.stats().keys, 1);
+    }
+
+    #[test]
+    fn a_flood_of_new_keys_stays_within_the_budget() {
+        let budget = 4 << 20;
+        let map: BoundedMap<u64> = BoundedMap::new(budget, 86_400_000);
+        for i in 0..1_000_000 {
+            map.update(key(i), 1_000, |v, _| *v += 1);
+        }
+        let stats = map.stats();
+        assert!(stats.bytes <= budget as u64, "{stats:?}");
+        assert!(stats.keys <= map.capacity() as u64, "{stats:?}");
+        assert!(stats.evictions >= 1_000_000 - map.capacity() as u64, "{stats:?}");
+        assert_eq!(stats.keys + stats.evictions, 1_000_000);
+    }
+
+    #[test]
+    fn hot_keys_survive_a_flood() {
+        let map: BoundedMap<u64> = BoundedMap::new(1 << 20, 86_400_000);
+        for i in 0..200_000u64 {
+            map.update(key(i + 1_000_000), 1_000, |v, _| *v += 1);
+            if i % 100 == 0 {
+                map.update(key(7), 1_000, |v, _| *v += 1);
+            }
+        }
+        assert_eq!(map.peek(key(7), |v| *v), Some(2_000));
+    }
+
+    #[test]
+    fn keys_idle_past_two_ttls_are_forgotten() {
+        let map: BoundedMap<u64> = BoundedMap::new(1 << 20, 1_000);
+        map.update(key(1), 1_000, |v, _| *v = 1);
+        // Each shard rotates on its own; touch every shard after the TTL, twice.
+        for round in 1..=2u64 {
+            for i in 0..5_000 {
+                map.update(key(10 + i + round * 10_000), 1_000 + round * 1_500, |_, _| ());
+            }
+        }
+        assert_eq!(map.peek(key(1), |v| *v), None);
+    }
+}

@@ -1,0 +1,165 @@
+//! State: what the signals stage remembers between requests, behind one trait.
+//!
+//! The pipeline hands a backend one `Observation` per request (every key it touches and
+//! every limit it checks) and gets one `Readout` back, so a remote backend can answer in
+//! a single round trip. Keys are keyed hashes of the identities: no raw account, device
+//! or IP is stored, and a client cannot aim collisions at the maps.
+
+pub mod bounded;
+pub mod memory;
+pub mod window;
+
+use std::future::Future;
+use std::hash::BuildHasher;
+
+use smallvec::SmallVec;
+
+pub use memory::MemoryState;
+
+/// The kinds of key counted per route, in `Readout::counts` order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    User,
+    Device,
+    Ip,
+    Subnet,
+    Phone,
+    Campaign,
+    Route,
+}
+
+impl KeyKind {
+    pub const ALL: [KeyKind; 7] = [
+        KeyKind::User,
+        KeyKind::Device,
+        KeyKind::Ip,
+        KeyKind::Subnet,
+        KeyKind::Phone,
+        KeyKind::Campaign,
+        KeyKind::Route,
+    ];
+
+    /// The name used in config (`key = "device"`) and feature names.
+    pub const fn name(self) -> &'static str {
+        match self {
+            KeyKind::User => "user",
+            KeyKind::Device => "device",
+            KeyKind::Ip => "ip",
+            KeyKind::Subnet => "subnet",
+            KeyKind::Phone => "phone",
+            KeyKind::Campaign => "campaign",
+            KeyKind::Route => "route",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<KeyKind> {
+        KeyKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// Distinct-count relations, in `Readout::distinct` order: (the key, what is counted on it).
+pub const DISTINCT: [(KeyKind, KeyKind); 5] = [
+    (KeyKind::Device, KeyKind::User),
+    (KeyKind::User, KeyKind::Device),
+    (KeyKind::Ip, KeyKind::User),
+    (KeyKind::Subnet, KeyKind::User),
+    (KeyKind::Phone, KeyKind::User),
+];
+
+/// The distinct windows, in seconds: 1 h and 24 h.
+pub const DISTINCT_WINDOWS_S: [u32; 2] = [3_600, 86_400];
+
+/// Everything one request does to the state.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub ts_ms: u64,
+    /// The route the counts are scoped to (a hash of its name).
+    pub route: u64,
+    /// Hashed identity per `KeyKind` (in `KeyKind::ALL` order), when the request has it.
+    pub keys: [Option<u64>; 7],
+    pub limits: SmallVec<[LimitCheck; 4]>,
+}
+
+/// One GCRA limit to test and, when it conforms, to consume.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitCheck {
+    pub key: u64,
+    pub quota: governor::Quota,
+}
+
+/// Whether a limit let the request through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitOutcome {
+    Allowed,
+    Exceeded { retry_after_ms: u64 },
+}
+
+/// What the state says about one request, this request included.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Readout {
+    /// Per `KeyKind`: requests in the 1 s, 1 min, 1 h and 24 h windows on this route.
+    pub counts: [[u32; 4]; 7],
+    /// Per `DISTINCT` relation: distinct members over 1 h and 24 h.
+    pub distinct: [[u32; 2]; 5],
+    pub user_age_ms: Option<u64>,
+    pub device_age_ms: Option<u64>,
+    /// One outcome per `Observation::limits`, in order.
+    pub limits: SmallVec<[LimitOutcome; 4]>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("state backend timed out")]
+    Timeout,
+}
+
+/// Accounting of one table of a backend, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableStats {
+    pub table: &'static str,
+    pub keys: u64,
+    pub bytes: u64,
+    pub evictions: u64,
+}
+
+/// A state backend. Implementations must never block the calling task for long: the
+/// in-memory one holds a shard lock for a few hundred nanoseconds, a remote one awaits.
+pub trait StateStore: Send + Sync + 'static {
+    fn observe(&self, obs: &Observation) -> impl Future<Output = Result<Readout, StateError>> + Send;
+    fn stats(&self) -> Vec<TableStats>;
+    /// The configured memory budget, when the backend has one.
+    fn budget_bytes(&self) -> Option<u64>;
+}
+
+/// Turns identity strings into keys: a keyed hash per (kind, value).
+#[derive(Debug, Clone)]
+pub struct KeyHasher {
+    state: foldhash::quality::FixedState,
+}
+
+impl KeyHasher {
+    /// A hasher with a fixed seed: the same keys in every run (replay, tests).
+    pub fn seeded(seed: u64) -> Self {
+        KeyHasher { state: foldhash::quality::FixedState::with_seed(seed) }
+    }
+
+    /// A hasher with a random seed, so that clients cannot precompute collisions.
+    pub fn random() -> Self {
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
+        Self::seeded(seed)
+    }
+
+    pub fn key(&self, kind: KeyKind, value: &str) -> u64 {
+        self.state.hash_one((kind as u8, value))
+    }
+}
+
+/// Mixes two hashes into one (splitmix64's finaliser): keys scoped to a route.
+pub fn combine(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.rotate_left(29) ^ 0x9E37_79B9_7F4A_7C15;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
