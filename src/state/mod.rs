@@ -154,6 +154,11 @@ impl KeyHasher {
     pub fn key(&self, kind: KeyKind, value: &str) -> u64 {
         self.state.hash_one((kind as u8, value))
     }
+
+    /// The key of any hashable identity (an address, a subnet).
+    pub fn key_of<T: std::hash::Hash>(&self, kind: KeyKind, value: &T) -> u64 {
+        self.state.hash_one((kind as u8, value))
+    }
 }
 
 /// Mixes two hashes into one (splitmix64's finaliser): keys scoped to a route.

@@ -1,0 +1,477 @@
+//! Config: the TOML file as written (serde, unknown keys refused), and `validate` into
+//! the runtime form with every problem reported at once, each with file, line and key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use crate::extract::Source;
+
+/// The whole file, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub headers: HeaderNamesConfig,
+    #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    #[serde(default)]
+    pub policies: BTreeMap<String, PolicyConfig>,
+    #[serde(default)]
+    pub responses: ResponsesConfig,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    #[serde(default)]
+    pub lists: Vec<ListConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout_ms: u64,
+    pub upstream_connect_timeout_ms: u64,
+    pub upstream_timeout_ms: u64,
+    pub upstream_idle_timeout_ms: u64,
+    pub upstream_max_idle_per_host: usize,
+    pub shutdown_grace_ms: u64,
+    pub reload_poll_ms: u64,
+    pub unmatched: Unmatched,
+    pub mode: Mode,
+    pub http2: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: ([127, 0, 0, 1], 8080).into(),
+            admin_listen: ([127, 0, 0, 1], 9090).into(),
+            trusted_proxies: Vec::new(),
+            max_body_bytes: 64 * 1024,
+            max_header_bytes: 16 * 1024,
+            header_read_timeout_ms: 10_000,
+            upstream_connect_timeout_ms: 1_000,
+            upstream_timeout_ms: 10_000,
+            upstream_idle_timeout_ms: 30_000,
+            upstream_max_idle_per_host: 256,
+            shutdown_grace_ms: 10_000,
+            reload_poll_ms: 1_000,
+            unmatched: Unmatched::Forward,
+            mode: Mode::Enforce,
+            http2: true,
+        }
+    }
+}
+
+/// What happens to a request no route matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unmatched {
+    /// Forwarded to the `default` upstream without scoring.
+    Forward,
+    /// Answered 404 by the gateway.
+    Reject,
+}
+
+/// Enforce decisions, or only record them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Enforce,
+    Shadow,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderNamesConfig {
+    pub request_id: String,
+    pub score: String,
+    pub decision: String,
+    pub reasons: String,
+}
+
+impl Default for HeaderNamesConfig {
+    fn default() -> Self {
+        HeaderNamesConfig {
+            request_id: "x-request-id".into(),
+            score: "x-risk-score".into(),
+            decision: "x-risk-decision".into(),
+            reasons: "x-risk-reasons".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    pub backend: StateBackend,
+    pub memory_budget_mb: u64,
+    pub ttl_s: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { backend: StateBackend::Memory, memory_budget_mb: 256, ttl_s: 25 * 3600 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateBackend {
+    Memory,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub url: Spanned<String>,
+}
+
+/// An identity field in config: a source, or `"none"` to switch a default off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityField {
+    Off,
+    From(Source),
+}
+
+impl<'de> Deserialize<'de> for IdentityField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "none" {
+            return Ok(IdentityField::Off);
+        }
+        s.parse().map(IdentityField::From).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    pub user: Option<IdentityField>,
+    pub device: Option<IdentityField>,
+    pub phone: Option<IdentityField>,
+    pub campaign: Option<IdentityField>,
+    pub inviter: Option<IdentityField>,
+    pub amount: Option<IdentityField>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    pub review: f64,
+    pub challenge: f64,
+    pub block: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponsesConfig {
+    pub block: ResponseConfig,
+    pub challenge: ResponseConfig,
+    pub rate_limit: ResponseConfig,
+}
+
+impl Default for ResponsesConfig {
+    fn default() -> Self {
+        ResponsesConfig {
+            block: ResponseConfig { status: 403, code: "blocked".into(), message: "request refused".into() },
+            challenge: ResponseConfig {
+                status: 428,
+                code: "challenge_required".into(),
+                message: "verification required".into(),
+            },
+            rate_limit: ResponseConfig { status: 429, code: "rate_limited".into(), message: "too many requests".into() },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseConfig {
+    pub status: u16,
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The kind of campaign action a route carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Coupon,
+    Checkin,
+    Referral,
+    Redpacket,
+    Order,
+    Browse,
+    Other,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Coupon => "coupon",
+            Action::Checkin => "checkin",
+            Action::Referral => "referral",
+            Action::Redpacket => "redpacket",
+            Action::Order => "order",
+            Action::Browse => "browse",
+            Action::Other => "other",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: Spanned<String>,
+    pub method: Spanned<String>,
+    pub path: Spanned<String>,
+    pub action: Action,
+    #[serde(default)]
+    pub upstream: Option<Spanned<String>>,
+    #[serde(default)]
+    pub policy: Option<Spanned<String>>,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    #[serde(default)]
+    pub limits: Vec<LimitConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    pub key: Spanned<String>,
+    pub rate: Rate,
+    #[serde(default)]
+    pub burst: Option<NonZeroU32>,
+    #[serde(default = "default_limit_decision")]
+    pub decision: Spanned<String>,
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+fn default_limit_decision() -> Spanned<String> {
+    Spanned::new(0..0, "block".to_string())
+}
+
+/// A rate written as `N/s`, `N/min`, `N/h` or `N/day`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: NonZeroU32,
+    pub per_ms: u64,
+}
+
+impl FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("rate `{s}` must look like `10/s`, `30/min`, `100/h` or `500/day` with a count above 0");
+        let (n, unit) = s.split_once('/').ok_or_else(bad)?;
+        let count = n.trim().parse::<NonZeroU32>().map_err(|_| bad())?;
+        let per_ms = match unit.trim() {
+            "s" | "sec" | "second" => 1_000,
+            "min" | "minute" => 60_000,
+            "h" | "hour" => 3_600_000,
+            "day" | "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        Ok(Rate { count, per_ms })
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.per_ms {
+            1_000 => "s",
+            60_000 => "min",
+            3_600_000 => "h",
+            _ => "day",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: Spanned<String>,
+    pub when: Spanned<String>,
+    pub score: Spanned<f64>,
+    #[serde(default)]
+    pub description: String,
+    /// Route names the rule applies to; all scored routes when absent.
+    #[serde(default)]
+    pub routes: Option<Vec<Spanned<String>>>,
+    /// Action kinds the rule applies to; all when absent.
+    #[serde(default)]
+    pub actions: Option<Vec<Action>>,
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListConfig {
+    pub name: Spanned<String>,
+    pub kind: ListKind,
+    pub action: ListAction,
+    pub file: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListKind {
+    User,
+    Device,
+    Phone,
+    Ip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListAction {
+    Allow,
+    Block,
+}
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+/// Everything wrong with a config file, each problem with its line and key.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(f, "{} problem{} in {}", n, if n == 1 { "" } else { "s" }, self.file.display())?;
+        for p in &self.problems {
+            let at = p.line.map(|l| format!(":{l}")).unwrap_or_default();
+            let key = if p.key.is_empty() { String::new() } else { format!(" {}:", p.key) };
+            write!(f, "\n  {}{at}:{key} {}", self.file.display(), p.message)?;
+        }
+        Ok(())
+    }
+}
+
+
+/// Parses config text. `path` is only used in messages.
+pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
+    toml::from_str::<ConfigFile>(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start));
+        ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![Problem { line, key: String::new(), message: e.message().trim().to_string() }],
+        }
+    })
+}
+
+/// 1-based line of a byte offset.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+}
+
+/// The default config for the reference campaign API, embedded in the binary.
+pub const DEFAULT_TOML: &str = include_str!("../config/riskgate.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!("10/s".parse::<Rate>().unwrap().per_ms, 1_000);
+        assert_eq!("30/min".parse::<Rate>().unwrap().count.get(), 30);
+        assert_eq!("5 / day".parse::<Rate>().unwrap().per_ms, 86_400_000);
+        for bad in ["0/s", "10", "x/min", "10/week"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_name_line_and_key() {
+        let text = "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n";
+        let err = parse(Path::new("x.toml"), text).unwrap_err();
+        assert_eq!(err.problems[0].line, Some(3));
+        assert!(err.problems[0].message.contains("unknown field `lisen`"), "{err}");
+        assert!(err.to_string().contains("x.toml:3:"), "{err}");
+    }
+
+    #[test]
+    fn bad_sources_fail_at_their_line() {
+        let text = "[identity]\nuser = \"header:x-user-id\"\ndevice = \"body:x\"\n";
+        let err = parse(Path::new("x.toml"), text).unwrap_err();
+        assert_eq!(err.problems[0].line, Some(3));
+        assert!(err.problems[0].message.contains("unknown identity source kind"), "{err}");
+    }
+}

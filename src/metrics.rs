@@ -1,0 +1,169 @@
+//! Metrics: the Prometheus series riskgate exports. Label values come only from
+//! config-bounded sets (route, decision, rule, limit, list names) and fixed enums;
+//! never an account, device, phone or IP.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::decide::Decision;
+use crate::pipeline::Assessment;
+use crate::runtime::Runtime;
+use crate::score::Hit;
+use crate::state::TableStats;
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub decision_seconds: HistogramVec,
+    pub upstream_seconds: HistogramVec,
+    pub upstream_errors: IntCounterVec,
+    pub rule_hits: IntCounterVec,
+    pub limit_hits: IntCounterVec,
+    pub list_hits: IntCounterVec,
+    pub rejected: IntCounterVec,
+    pub state_errors: IntCounter,
+    pub tracked_keys: IntGaugeVec,
+    pub state_bytes: IntGaugeVec,
+    pub state_budget_bytes: IntGauge,
+    evictions: IntCounterVec,
+    pub reloads: IntCounterVec,
+    pub config_last_reload_success: IntGauge,
+    pub inflight: IntGauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
+    registry.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    // Names and help texts are literals, so registration cannot fail at run time; the
+    // `expect`s above only guard against a typo in this function.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let decision_buckets =
+            vec![0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01];
+        let upstream_buckets = vec![0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        Metrics {
+            requests: counter(&r, "riskgate_requests_total", "Requests by route and decision (unmatched and rejected included).", &["route", "decision"]),
+            decision_seconds: histogram(&r, "riskgate_decision_duration_seconds", "Time the gateway spent deciding (extract, signals, score, decide), excluding the upstream.", &["route"], decision_buckets),
+            upstream_seconds: histogram(&r, "riskgate_upstream_duration_seconds", "Time from forwarding a request to the upstream's response headers.", &["route"], upstream_buckets),
+            upstream_errors: counter(&r, "riskgate_upstream_errors_total", "Upstream failures by kind: connect (refused, 502), timeout (504), other (502).", &["route", "kind"]),
+            rule_hits: counter(&r, "riskgate_rule_hits_total", "Requests a rule matched; mode is enforce or shadow.", &["rule", "mode"]),
+            limit_hits: counter(&r, "riskgate_limit_hits_total", "Requests over a rate limit; mode is enforce or shadow.", &["route", "limit", "mode"]),
+            list_hits: counter(&r, "riskgate_list_hits_total", "Requests that matched a block or allow list.", &["list"]),
+            rejected: counter(&r, "riskgate_rejected_requests_total", "Requests refused before scoring, by reason (body_too_large, unmatched, bad_request).", &["reason"]),
+            state_errors: {
+                let c = IntCounter::new("riskgate_state_errors_total", "Requests decided without state because the backend failed (fail open).").expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            tracked_keys: gauge_vec(&r, "riskgate_state_tracked_keys", "Keys held by the state backend, by table.", &["table"]),
+            state_bytes: gauge_vec(&r, "riskgate_state_memory_bytes", "Bytes used by the state backend, by table.", &["table"]),
+            state_budget_bytes: gauge(&r, "riskgate_state_memory_budget_bytes", "The configured state memory budget."),
+            evictions: counter(&r, "riskgate_state_evictions_total", "Keys evicted to stay within the memory budget or TTL, by table.", &["table"]),
+            reloads: counter(&r, "riskgate_config_reloads_total", "Config reloads by outcome (success, failure).", &["outcome"]),
+            config_last_reload_success: gauge(&r, "riskgate_config_last_reload_successful", "1 when the last reload attempt succeeded, 0 when the running config is older than the file."),
+            inflight: gauge(&r, "riskgate_inflight_requests", "Requests being handled right now."),
+            registry: r,
+        }
+    }
+
+    /// Counts one assessed request.
+    pub fn observe(&self, rt: &Runtime, a: &Assessment, seconds: f64) {
+        let route = &rt.routes[a.route];
+        self.requests.with_label_values(&[&route.name, a.decision.as_str()]).inc();
+        self.decision_seconds.with_label_values(&[&route.name]).observe(seconds);
+        if a.state_error {
+            self.state_errors.inc();
+        }
+        for hit in &a.score.hits {
+            match *hit {
+                Hit::Rule { index, shadow } => {
+                    self.rule_hits.with_label_values(&[&rt.rules[index].name, mode(shadow)]).inc();
+                }
+                Hit::Limit { index, shadow } => {
+                    self.limit_hits.with_label_values(&[&route.name, &route.limits[index].name, mode(shadow)]).inc();
+                }
+                Hit::List(index) => self.list_hits.with_label_values(&[&rt.lists[index].name]).inc(),
+            }
+        }
+    }
+
+    /// Pre-creates the series of a config at zero, so dashboards and alerts see them
+    /// before the first hit.
+    pub fn register_config(&self, rt: &Runtime) {
+        for route in &rt.routes {
+            for d in Decision::ALL {
+                self.requests.with_label_values(&[&route.name, d.as_str()]);
+            }
+        }
+        for rule in &rt.rules {
+            self.rule_hits.with_label_values(&[&rule.name, mode(rule.shadow)]);
+        }
+        for outcome in ["success", "failure"] {
+            self.reloads.with_label_values(&[outcome]);
+        }
+    }
+
+    /// Copies the state backend's own accounting into the gauges and counters.
+    pub fn update_state(&self, tables: &[TableStats], budget: Option<u64>) {
+        for t in tables {
+            self.tracked_keys.with_label_values(&[t.table]).set(t.keys as i64);
+            self.state_bytes.with_label_values(&[t.table]).set(t.bytes as i64);
+            let c = self.evictions.with_label_values(&[t.table]);
+            // The backend counts evictions itself; the counter follows it monotonically.
+            let seen = c.get();
+            if t.evictions > seen {
+                c.inc_by(t.evictions - seen);
+            }
+        }
+        if let Some(b) = budget {
+            self.state_budget_bytes.set(b as i64);
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+fn mode(shadow: bool) -> &'static str {
+    if shadow {
+        "shadow"
+    } else {
+        "enforce"
+    }
+}
+

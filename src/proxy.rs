@@ -1,0 +1,335 @@
+//! Proxy: one client request through the pipeline, then forwarded to the upstream with
+//! risk headers, or answered locally. All HTTP error answers are made here.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tracing::{debug, warn, Instrument};
+
+use crate::decide::{Decision, ResponseKind};
+use crate::event::Event;
+use crate::pipeline::{self, Assessment};
+use crate::runtime::{Runtime, Upstream};
+use crate::server::Gateway;
+use crate::state::StateStore;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// Headers that describe one hop, not the request: never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Handles one request from `peer`. Never fails: every problem becomes an HTTP answer.
+pub async fn handle<S: StateStore>(
+    gw: Arc<Gateway<S>>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let rt = gw.runtime.load_full();
+    let request_id = request_id(&rt, req.headers(), &gw);
+    let span = tracing::debug_span!("request", request_id = %request_id);
+    gw.metrics.inflight.inc();
+    let response = handle_routed(&gw, &rt, peer, req, &request_id).instrument(span).await;
+    gw.metrics.inflight.dec();
+    let mut response = response;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(rt.headers.request_id.clone(), v);
+    }
+    Ok(response)
+}
+
+async fn handle_routed<S: StateStore>(
+    gw: &Gateway<S>,
+    rt: &Runtime,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    request_id: &str,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let max = rt.server.max_body_bytes;
+    if content_length(req.headers()).is_some_and(|n| n > max as u64) {
+        return too_large(gw, request_id);
+    }
+    let Some(route_index) = rt.route(req.method(), req.uri().path()) else {
+        gw.metrics.requests.with_label_values(&["unmatched", "unscored"]).inc();
+        return match (&rt.server.unmatched, &rt.default_upstream) {
+            (crate::config::Unmatched::Forward, Some(up)) => {
+                let up = up.clone();
+                let (parts, body) = req.into_parts();
+                let body = limited(body, max);
+                forward(gw, rt, &up, parts, body, peer, request_id, None, "unmatched").await
+            }
+            _ => {
+                gw.metrics.rejected.with_label_values(&["unmatched"]).inc();
+                local(StatusCode::NOT_FOUND, "not_found", "no such route", request_id)
+            }
+        };
+    };
+    let route = &rt.routes[route_index];
+    let (parts, body) = req.into_parts();
+    let (json, body) = if route.needs_json_body {
+        match Limited::new(body, max).collect().await {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                (Some(parse_body(&bytes)), Full::new(bytes).map_err(|never| match never {}).boxed())
+            }
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(gw, request_id),
+            Err(e) => {
+                debug!(error = %e, "client body read failed");
+                gw.metrics.rejected.with_label_values(&["bad_request"]).inc();
+                return local(StatusCode::BAD_REQUEST, "bad_request", "could not read the request body", request_id);
+            }
+        }
+    } else {
+        (None, limited(body, max))
+    };
+
+    let event = event_of(&parts, peer, json);
+    let Some(assessment) = pipeline::assess(rt, &gw.state, &gw.hasher, &event).await else {
+        // A route matched by path but not by the pipeline's method parse: forward unscored.
+        return forward(gw, rt, &route.upstream, parts, body, peer, request_id, None, &route.name).await;
+    };
+    gw.metrics.observe(rt, &assessment, started.elapsed().as_secs_f64());
+    debug!(route = %route.name, decision = assessment.decision.as_str(), score = assessment.score.value, "decided");
+
+    match assessment.respond {
+        Some(kind) => stopped(rt, kind, &assessment, request_id),
+        None => {
+            let risk = risk_headers(&assessment);
+            forward(gw, rt, &route.upstream, parts, body, peer, request_id, Some(risk), &route.name).await
+        }
+    }
+}
+
+/// The values of the three risk headers for a forwarded request.
+struct RiskHeaders {
+    score: String,
+    decision: &'static str,
+    reasons: String,
+}
+
+fn risk_headers(a: &Assessment) -> RiskHeaders {
+    // Upstreams only ever see allow or review: a shadowed stop is forwarded as review.
+    let decision = if a.decision.stops() { Decision::Review } else { a.decision };
+    RiskHeaders {
+        score: format!("{:.3}", a.score.value),
+        decision: decision.as_str(),
+        reasons: a.score.reasons.join(","),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward<S: StateStore>(
+    gw: &Gateway<S>,
+    rt: &Runtime,
+    upstream: &Upstream,
+    mut parts: http::request::Parts,
+    body: ProxyBody,
+    peer: SocketAddr,
+    request_id: &str,
+    risk: Option<RiskHeaders>,
+    route_name: &str,
+) -> Response<ProxyBody> {
+    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let uri = match Uri::builder()
+        .scheme("http")
+        .authority(upstream.base.authority().map(|a| a.as_str()).unwrap_or("127.0.0.1"))
+        .path_and_query(path_and_query)
+        .build()
+    {
+        Ok(u) => u,
+        Err(_) => return local(StatusCode::BAD_REQUEST, "bad_request", "invalid request target", request_id),
+    };
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(authority) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            parts.headers.insert(header::HOST, authority);
+        }
+    }
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    for name in [&rt.headers.score, &rt.headers.decision, &rt.headers.reasons] {
+        headers.remove(name);
+    }
+    append_forwarded_for(headers, peer);
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(rt.headers.request_id.clone(), v);
+    }
+    if let Some(risk) = risk {
+        set(headers, &rt.headers.score, &risk.score);
+        set(headers, &rt.headers.decision, risk.decision);
+        if !risk.reasons.is_empty() {
+            set(headers, &rt.headers.reasons, &risk.reasons);
+        }
+    }
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    let req = Request::from_parts(parts, body);
+
+    let started = Instant::now();
+    let timeout = std::time::Duration::from_millis(rt.server.upstream_timeout_ms);
+    let result = tokio::time::timeout(timeout, gw.client.request(req)).await;
+    let errors = |kind: &str| gw.metrics.upstream_errors.with_label_values(&[route_name, kind]).inc();
+    match result {
+        Ok(Ok(resp)) => {
+            gw.metrics.upstream_seconds.with_label_values(&[route_name]).observe(started.elapsed().as_secs_f64());
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+        }
+        Ok(Err(e)) if e.is_connect() && is_timeout(&e) => {
+            errors("timeout");
+            warn!(upstream = %upstream.name, error = %e, "upstream connect timed out");
+            local(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "the service did not answer in time", request_id)
+        }
+        Ok(Err(e)) => {
+            let kind = if e.is_connect() { "connect" } else { "other" };
+            errors(kind);
+            warn!(upstream = %upstream.name, error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
+            local(StatusCode::BAD_GATEWAY, "upstream_unavailable", "the service is unavailable", request_id)
+        }
+        Err(_) => {
+            errors("timeout");
+            warn!(upstream = %upstream.name, timeout_ms = rt.server.upstream_timeout_ms, "upstream timed out");
+            local(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "the service did not answer in time", request_id)
+        }
+    }
+}
+
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name.clone(), v);
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let prior: Vec<&str> = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+    let value = if prior.is_empty() { peer.ip().to_string() } else { format!("{}, {}", prior.join(", "), peer.ip()) };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", v);
+    }
+}
+
+/// The request id: the client's, when it is a sane token, otherwise a fresh one.
+fn request_id<S>(rt: &Runtime, headers: &HeaderMap, gw: &Gateway<S>) -> String {
+    headers
+        .get(&rt.headers.request_id)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| gw.next_request_id())
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn limited(body: Incoming, max: usize) -> ProxyBody {
+    Limited::new(body, max).boxed()
+}
+
+fn parse_body(bytes: &[u8]) -> serde_json::Value {
+    if bytes.is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_slice(bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// The request as an event record, stamped with the wall clock.
+fn event_of(parts: &http::request::Parts, peer: SocketAddr, body: Option<serde_json::Value>) -> Event {
+    let mut headers = std::collections::BTreeMap::new();
+    for (name, value) in &parts.headers {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        headers
+            .entry(name.as_str().to_string())
+            .and_modify(|v: &mut String| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
+    }
+    Event {
+        ts_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        method: parts.method.as_str().to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or("").to_string(),
+        client_ip: peer.ip(),
+        headers,
+        body: body.filter(|b| !b.is_null()),
+        label: None,
+    }
+}
+
+fn stopped(rt: &Runtime, kind: ResponseKind, a: &Assessment, request_id: &str) -> Response<ProxyBody> {
+    let r = match kind {
+        ResponseKind::Block => &rt.responses.block,
+        ResponseKind::Challenge => &rt.responses.challenge,
+        ResponseKind::RateLimit => &rt.responses.rate_limit,
+    };
+    let mut resp = local(r.status, &r.code, &r.message, request_id);
+    if let (ResponseKind::RateLimit, Some(ms)) = (kind, a.score.retry_after_ms) {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1_000).max(1)));
+    }
+    resp
+}
+
+fn too_large<S>(gw: &Gateway<S>, request_id: &str) -> Response<ProxyBody> {
+    gw.metrics.rejected.with_label_values(&["body_too_large"]).inc();
+    local(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request body too large", request_id)
+}
+
+/// A small JSON answer from the gateway itself: a code and the request id, never a
+/// score or a reason.
+pub fn local(status: StatusCode, code: &str, message: &str, request_id: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "code": code, "message": message, "request_id": request_id }).to_string();
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

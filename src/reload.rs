@@ -1,0 +1,95 @@
+//! Reload: on SIGHUP or a change of the config or a list file, build a whole new runtime
+//! and swap it in; a bad file keeps the running one. Counters and graphs live in the
+//! state, outside the runtime, so they survive.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::runtime::{self, Fingerprint};
+use crate::server::Gateway;
+use crate::state::StateStore;
+
+async fn fingerprints(paths: &[PathBuf]) -> Vec<Fingerprint> {
+    let mut out = Vec::with_capacity(paths.len());
+    for p in paths {
+        out.push(Fingerprint::of(tokio::fs::metadata(p).await.ok()));
+    }
+    out
+}
+
+/// Watches for SIGHUP and file changes until shutdown.
+pub async fn watch<S: StateStore>(gw: Arc<Gateway<S>>, mut shutdown: watch::Receiver<bool>) {
+    // Compared against the fingerprints taken when the running config was read, so a
+    // change made while it was loading is not missed.
+    let (mut watched, mut seen): (Vec<PathBuf>, Vec<Fingerprint>) = gw.runtime.load().watched.iter().cloned().unzip();
+    let poll = Duration::from_millis(gw.runtime.load().server.reload_poll_ms);
+    let mut ticker = tokio::time::interval(poll);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        let forced = tokio::select! {
+            _ = ticker.tick() => false,
+            _ = hangup => true,
+            _ = shutdown.changed() => return,
+        };
+        let now = fingerprints(&watched).await;
+        if !forced && now == seen {
+            continue;
+        }
+        seen = now;
+        if reload(&gw, if forced { "SIGHUP" } else { "file change" }).await {
+            (watched, seen) = gw.runtime.load().watched.iter().cloned().unzip();
+        }
+    }
+}
+
+/// Builds a new runtime from the config file and swaps it in. Returns whether it did.
+pub async fn reload<S: StateStore>(gw: &Arc<Gateway<S>>, cause: &str) -> bool {
+    let path = gw.config_path.clone();
+    let hasher = gw.hasher.clone();
+    let built = tokio::task::spawn_blocking(move || runtime::load(&path, &hasher)).await;
+    let outcome = match built {
+        Ok(Ok(mut rt)) => match gw.overrides.apply(&mut rt) {
+            Ok(()) => Ok(rt),
+            Err(e) => Err(e),
+        },
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("reload task failed: {e}")),
+    };
+    match outcome {
+        Ok(rt) => {
+            let old = gw.runtime.load();
+            if rt.server.listen != old.server.listen || rt.server.admin_listen != old.server.admin_listen {
+                warn!("listen addresses changed in the config; they take effect only at restart");
+            }
+            gw.metrics.register_config(&rt);
+            gw.runtime.store(Arc::new(rt));
+            gw.metrics.reloads.with_label_values(&["success"]).inc();
+            gw.metrics.config_last_reload_success.set(1);
+            info!(cause, config = %gw.config_path.display(), "config reloaded");
+            true
+        }
+        Err(problems) => {
+            gw.metrics.reloads.with_label_values(&["failure"]).inc();
+            gw.metrics.config_last_reload_success.set(0);
+            error!(cause, "config reload refused; the running config stays: {problems}");
+            false
+        }
+    }
+}

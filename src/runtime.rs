@@ -1,0 +1,642 @@
+//! Runtime: a validated config compiled for the request path (routes, limits, rules,
+//! lists, responses), built whole at start-up and on every reload, then swapped in.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::{Method, Uri};
+use ipnet::IpNet;
+
+use crate::config::{
+    self, Action, ConfigError, ConfigFile, IdentityConfig, IdentityField, ListAction, ListKind, Mode, Problem,
+    ResponseConfig, Unmatched,
+};
+use crate::decide::{Decision, Policy};
+use crate::expr::Expr;
+use crate::extract::{IdentitySpec, Source};
+use crate::features;
+use crate::state::{KeyHasher, KeyKind};
+
+/// Everything the request path needs from config, compiled.
+#[derive(Debug)]
+pub struct Runtime {
+    pub server: config::ServerConfig,
+    pub state: config::StateConfig,
+    pub log: config::LogConfig,
+    pub headers: HeaderNames,
+    pub routes: Vec<Route>,
+    exact: HashMap<(Method, String), usize>,
+    prefixes: Vec<(Option<Method>, String, usize)>,
+    pub rules: Vec<Rule>,
+    pub lists: Vec<List>,
+    pub responses: Responses,
+    pub default_upstream: Option<Arc<Upstream>>,
+    /// Files whose change triggers a reload (the config and every list file), with
+    /// their fingerprints from just before they were read.
+    pub watched: Vec<(PathBuf, Fingerprint)>,
+}
+
+#[derive(Debug)]
+pub struct HeaderNames {
+    pub request_id: HeaderName,
+    pub score: HeaderName,
+    pub decision: HeaderName,
+    pub reasons: HeaderName,
+}
+
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    /// `http://host:port`, no path.
+    pub base: Uri,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    /// The route's key for route-scoped counters.
+    pub key: u64,
+    pub action: Action,
+    pub upstream: Arc<Upstream>,
+    pub identity: IdentitySpec,
+    pub needs_json_body: bool,
+    pub limits: Vec<Limit>,
+    pub policy: Policy,
+    pub mode: Mode,
+    /// Indices into `Runtime::rules` of the rules that apply here.
+    pub rules: Vec<usize>,
+    /// Browse routes are counted (funnel signal) but never scored.
+    pub scored: bool,
+}
+
+#[derive(Debug)]
+pub struct Limit {
+    pub name: String,
+    pub key_kind: KeyKind,
+    /// Mixed with the identity's key: one GCRA cell per (route, limit, identity).
+    pub id: u64,
+    pub quota: governor::Quota,
+    pub rate: config::Rate,
+    pub burst: u32,
+    pub decision: Decision,
+    pub shadow: bool,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub expr: Expr,
+    pub score: f64,
+    pub shadow: bool,
+    pub description: String,
+}
+
+#[derive(Debug)]
+pub struct List {
+    pub name: String,
+    pub kind: ListKind,
+    pub action: ListAction,
+    pub path: PathBuf,
+    pub values: HashSet<String>,
+    pub ips: HashSet<IpAddr>,
+    pub nets: Vec<IpNet>,
+}
+
+impl List {
+    pub fn len(&self) -> usize {
+        self.values.len() + self.ips.len() + self.nets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains_ip(&self, ip: IpAddr) -> bool {
+        self.ips.contains(&ip) || self.nets.iter().any(|n| n.contains(&ip))
+    }
+}
+
+#[derive(Debug)]
+pub struct Responses {
+    pub block: Response,
+    pub challenge: Response,
+    pub rate_limit: Response,
+}
+
+/// A local answer: status and the JSON body's code and message (the request id is
+/// added per request).
+#[derive(Debug)]
+pub struct Response {
+    pub status: http::StatusCode,
+    pub code: String,
+    pub message: String,
+}
+
+/// What identifies a file's version without reading it: modification time, size and
+/// inode (editors save by writing a new file and renaming it over the old one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint(Option<(std::time::SystemTime, u64, u64)>);
+
+impl Fingerprint {
+    pub fn of(meta: Option<std::fs::Metadata>) -> Fingerprint {
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt;
+        Fingerprint(meta.map(|m| {
+            #[cfg(unix)]
+            let ino = m.ino();
+            #[cfg(not(unix))]
+            let ino = 0;
+            (m.modified().unwrap_or(std::time::UNIX_EPOCH), m.len(), ino)
+        }))
+    }
+
+    /// Synchronous: for the loader, which runs on a blocking thread.
+    pub fn read(path: &Path) -> Fingerprint {
+        Fingerprint::of(std::fs::metadata(path).ok())
+    }
+}
+
+/// Collects problems while validating.
+struct Problems<'a> {
+    text: &'a str,
+    list: Vec<Problem>,
+}
+
+impl Problems<'_> {
+    fn at(&mut self, span: Option<std::ops::Range<usize>>, key: impl Into<String>, message: impl Into<String>) {
+        let line = span.filter(|s| s.end > 0).map(|s| config::line_of(self.text, s.start));
+        self.list.push(Problem { line, key: key.into(), message: message.into() });
+    }
+}
+
+/// Reads, parses and validates a config file and the list files it names.
+/// Synchronous file I/O: call it at start-up or from a blocking task.
+pub fn load(path: &Path, hasher: &KeyHasher) -> Result<Runtime, ConfigError> {
+    let fingerprint = Fingerprint::read(path);
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        problems: vec![Problem { line: None, key: String::new(), message: format!("cannot read: {e}") }],
+    })?;
+    let file = config::parse(path, &text)?;
+    let mut rt = build(&file, path, &text, hasher)?;
+    rt.watched[0].1 = fingerprint;
+    Ok(rt)
+}
+
+/// Validates a parsed file into a runtime. `text` locates problems; list paths are
+/// relative to `path`'s directory.
+pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> Result<Runtime, ConfigError> {
+    let mut p = Problems { text, list: Vec::new() };
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+
+    let header = |p: &mut Problems, key: &str, v: &str| {
+        HeaderName::from_bytes(v.to_ascii_lowercase().as_bytes()).unwrap_or_else(|_| {
+            p.at(None, format!("headers.{key}"), format!("`{v}` is not a valid header name"));
+            HeaderName::from_static("x-invalid")
+        })
+    };
+    let headers = HeaderNames {
+        request_id: header(&mut p, "request_id", &file.headers.request_id),
+        score: header(&mut p, "score", &file.headers.score),
+        decision: header(&mut p, "decision", &file.headers.decision),
+        reasons: header(&mut p, "reasons", &file.headers.reasons),
+    };
+
+    let s = &file.server;
+    if s.max_body_bytes == 0 {
+        p.at(None, "server.max_body_bytes", "must be above 0");
+    }
+    if s.max_header_bytes < 1024 {
+        p.at(None, "server.max_header_bytes", "must be at least 1024");
+    }
+    for (key, v) in [
+        ("header_read_timeout_ms", s.header_read_timeout_ms),
+        ("upstream_connect_timeout_ms", s.upstream_connect_timeout_ms),
+        ("upstream_timeout_ms", s.upstream_timeout_ms),
+        ("upstream_idle_timeout_ms", s.upstream_idle_timeout_ms),
+        ("reload_poll_ms", s.reload_poll_ms),
+    ] {
+        if v == 0 {
+            p.at(None, format!("server.{key}"), "must be above 0 milliseconds");
+        }
+    }
+    if file.state.memory_budget_mb == 0 {
+        p.at(None, "state.memory_budget_mb", "must be above 0");
+    }
+    if file.state.ttl_s < 86_400 {
+        p.at(None, "state.ttl_s", "must be at least 86400 (the longest window is 24 h)");
+    }
+    if tracing_subscriber::EnvFilter::try_new(&file.log.level).is_err() {
+        p.at(None, "log.level", format!("`{}` is not a level or filter (e.g. `info`, `riskgate=debug`)", file.log.level));
+    }
+
+    let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
+    for (name, u) in &file.upstreams {
+        match parse_upstream(u.url.get_ref()) {
+            Ok(base) => {
+                upstreams.insert(name, Arc::new(Upstream { name: name.clone(), base }));
+            }
+            Err(msg) => p.at(Some(u.url.span()), format!("upstreams.{name}.url"), msg),
+        }
+    }
+    let upstream_names = || file.upstreams.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+
+    let mut policies: HashMap<&str, Policy> = HashMap::new();
+    for (name, pc) in &file.policies {
+        let ok = [pc.review, pc.challenge, pc.block].iter().all(|v| (0.0..=1.0).contains(v))
+            && pc.review <= pc.challenge
+            && pc.challenge <= pc.block;
+        if !ok {
+            p.at(
+                None,
+                format!("policies.{name}"),
+                format!(
+                    "thresholds must lie in [0, 1] with review <= challenge <= block (got {}, {}, {})",
+                    pc.review, pc.challenge, pc.block
+                ),
+            );
+        }
+        policies.insert(name, Policy { review: pc.review, challenge: pc.challenge, block: pc.block, mode: pc.mode });
+    }
+
+    let responses = Responses {
+        block: response(&mut p, "block", &file.responses.block),
+        challenge: response(&mut p, "challenge", &file.responses.challenge),
+        rate_limit: response(&mut p, "rate_limit", &file.responses.rate_limit),
+    };
+
+    // Rules first, so that routes can pick the ones that apply to them.
+    let mut rules = Vec::new();
+    let mut rule_filters = Vec::new();
+    let mut rule_names = HashSet::new();
+    for (i, r) in file.rules.iter().enumerate() {
+        let name = r.name.get_ref();
+        let key = format!("rules[{i}]");
+        if !is_label_safe(name) {
+            p.at(Some(r.name.span()), format!("{key}.name"), format!("`{name}` must be 1-64 characters of a-z, 0-9 and _"));
+        }
+        if !rule_names.insert(name.clone()) {
+            p.at(Some(r.name.span()), format!("{key}.name"), format!("rule `{name}` is defined twice"));
+        }
+        let score = *r.score.get_ref();
+        if !(score > 0.0 && score <= 1.0) {
+            p.at(Some(r.score.span()), format!("{key}.score"), format!("{score} must be in (0, 1]"));
+        }
+        match Expr::compile(r.when.get_ref(), features::index_of) {
+            Ok(expr) => {
+                rules.push(Rule {
+                    name: name.clone(),
+                    expr,
+                    score,
+                    shadow: r.shadow,
+                    description: r.description.clone(),
+                });
+                rule_filters.push((r.routes.clone(), r.actions.clone()));
+            }
+            Err(e) => p.at(
+                Some(r.when.span()),
+                format!("{key}.when"),
+                format!("in `{}`: {e} (feature names are listed in ARCHITECTURE.md)", r.when.get_ref()),
+            ),
+        }
+    }
+
+    let mut routes: Vec<Route> = Vec::new();
+    let mut exact = HashMap::new();
+    let mut prefixes = Vec::new();
+    for (i, rc) in file.routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        let name = rc.name.get_ref().clone();
+        if !is_label_safe(&name) {
+            p.at(Some(rc.name.span()), format!("{key}.name"), format!("`{name}` must be 1-64 characters of a-z, 0-9 and _"));
+        }
+        if routes.iter().any(|r| r.name == name) {
+            p.at(Some(rc.name.span()), format!("{key}.name"), format!("route `{name}` is defined twice"));
+        }
+        let method = match rc.method.get_ref().as_str() {
+            "*" => None,
+            m => match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    p.at(Some(rc.method.span()), format!("{key}.method"), format!("`{m}` is not an HTTP method (or `*`)"));
+                    None
+                }
+            },
+        };
+        let path_pat = rc.path.get_ref();
+        if !path_pat.starts_with('/') {
+            p.at(Some(rc.path.span()), format!("{key}.path"), format!("`{path_pat}` must start with `/`"));
+        }
+        let upstream_name = rc.upstream.as_ref().map(|u| u.get_ref().as_str()).unwrap_or("default");
+        let upstream = match upstreams.get(upstream_name) {
+            Some(u) => u.clone(),
+            None => {
+                let span = rc.upstream.as_ref().map(|u| u.span()).or(Some(rc.name.span()));
+                p.at(span, format!("{key}.upstream"), format!("unknown upstream `{upstream_name}`; defined: {}", upstream_names()));
+                continue;
+            }
+        };
+        let policy_name = rc.policy.as_ref().map(|u| u.get_ref().as_str()).unwrap_or("default");
+        let policy = match policies.get(policy_name) {
+            Some(pol) => pol.clone(),
+            None => {
+                let span = rc.policy.as_ref().map(|u| u.span()).or(Some(rc.name.span()));
+                let known = file.policies.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+                p.at(span, format!("{key}.policy"), format!("unknown policy `{policy_name}`; defined: {known}"));
+                continue;
+            }
+        };
+        let mode = if file.server.mode == Mode::Shadow {
+            Mode::Shadow
+        } else {
+            rc.mode.or(policy.mode).unwrap_or(Mode::Enforce)
+        };
+        let identity = merge_identity(&file.identity, &rc.identity);
+        let route_key = hasher.key(KeyKind::Route, &name);
+        let mut limits = Vec::new();
+        for (j, lc) in rc.limits.iter().enumerate() {
+            let lkey = format!("{key}.limits[{j}]");
+            let Some(key_kind) = KeyKind::from_name(lc.key.get_ref()) else {
+                p.at(
+                    Some(lc.key.span()),
+                    format!("{lkey}.key"),
+                    format!("unknown key `{}`; allowed: user, device, ip, subnet, phone, campaign, route", lc.key.get_ref()),
+                );
+                continue;
+            };
+            let decision = match lc.decision.get_ref().as_str() {
+                "block" => Decision::Block,
+                "challenge" => Decision::Challenge,
+                "review" => Decision::Review,
+                other => {
+                    p.at(Some(lc.decision.span()), format!("{lkey}.decision"), format!("`{other}` must be block, challenge or review"));
+                    continue;
+                }
+            };
+            let lname = lc.name.as_ref().map(|n| n.get_ref().clone()).unwrap_or_else(|| format!("{}_{}", name, key_kind.name()));
+            if !is_label_safe(&lname) {
+                p.at(lc.name.as_ref().map(|n| n.span()), format!("{lkey}.name"), format!("`{lname}` must be 1-64 characters of a-z, 0-9 and _"));
+            }
+            let burst = lc.burst.unwrap_or(lc.rate.count);
+            let period = Duration::from_millis(lc.rate.per_ms) / lc.rate.count.get();
+            let Some(quota) = governor::Quota::with_period(period) else {
+                p.at(None, format!("{lkey}.rate"), "rate is too fast to represent");
+                continue;
+            };
+            limits.push(Limit {
+                id: hasher.key(KeyKind::Route, &format!("{name}/{lname}")),
+                name: lname,
+                key_kind,
+                quota: quota.allow_burst(burst),
+                rate: lc.rate,
+                burst: burst.get(),
+                decision,
+                shadow: lc.shadow,
+            });
+        }
+        let route_rules = rule_filters
+            .iter()
+            .enumerate()
+            .filter(|(_, (names, actions))| {
+                names.as_ref().is_none_or(|n| n.iter().any(|n| n.get_ref() == &name))
+                    && actions.as_ref().is_none_or(|a| a.contains(&rc.action))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let idx = routes.len();
+        match path_pat.strip_suffix('*') {
+            Some(prefix) => prefixes.push((method.clone(), prefix.to_string(), idx)),
+            None => {
+                for m in method.clone().map(|m| vec![m]).unwrap_or_else(all_methods) {
+                    if exact.insert((m.clone(), path_pat.clone()), idx).is_some() {
+                        p.at(Some(rc.path.span()), format!("{key}.path"), format!("{m} {path_pat} is already taken by another route"));
+                    }
+                }
+            }
+        }
+        routes.push(Route {
+            needs_json_body: identity.needs_json_body(),
+            name,
+            key: route_key,
+            action: rc.action,
+            upstream,
+            identity,
+            limits,
+            policy,
+            mode,
+            rules: route_rules,
+            scored: rc.action != Action::Browse,
+        });
+    }
+    for (i, r) in file.rules.iter().enumerate() {
+        for rn in r.routes.iter().flatten() {
+            if !file.routes.iter().any(|rc| rc.name.get_ref() == rn.get_ref()) {
+                p.at(Some(rn.span()), format!("rules[{i}].routes"), format!("unknown route `{}`", rn.get_ref()));
+            }
+        }
+    }
+
+    let default_upstream = upstreams.get("default").cloned();
+    if default_upstream.is_none() && file.server.unmatched == Unmatched::Forward {
+        p.at(None, "upstreams.default", "an upstream named `default` is required while server.unmatched = \"forward\"");
+    }
+
+    let mut lists = Vec::new();
+    let mut watched = vec![(path.to_path_buf(), Fingerprint(None))];
+    for (i, lc) in file.lists.iter().enumerate() {
+        let key = format!("lists[{i}]");
+        let name = lc.name.get_ref().clone();
+        if !is_label_safe(&name) {
+            p.at(Some(lc.name.span()), format!("{key}.name"), format!("`{name}` must be 1-64 characters of a-z, 0-9 and _"));
+        }
+        let file_path = base_dir.join(lc.file.get_ref());
+        watched.push((file_path.clone(), Fingerprint::read(&file_path)));
+        match load_list(&file_path, lc.kind) {
+            Ok((values, ips, nets)) => lists.push(List {
+                name,
+                kind: lc.kind,
+                action: lc.action,
+                path: file_path,
+                values,
+                ips,
+                nets,
+            }),
+            Err(msg) => p.at(Some(lc.file.span()), format!("{key}.file"), msg),
+        }
+    }
+
+    if !p.list.is_empty() {
+        return Err(ConfigError { file: path.to_path_buf(), problems: p.list });
+    }
+    Ok(Runtime {
+        server: file.server.clone(),
+        state: file.state.clone(),
+        log: file.log.clone(),
+        headers,
+        routes,
+        exact,
+        prefixes,
+        rules,
+        lists,
+        responses,
+        default_upstream,
+        watched,
+    })
+}
+
+impl Runtime {
+    /// The index of the route for a method and path: exact paths first, then the
+    /// longest prefix.
+    pub fn route(&self, method: &Method, path: &str) -> Option<usize> {
+        if let Some(i) = self.exact.get(&(method.clone(), path.to_string())) {
+            return Some(*i);
+        }
+        self.prefixes
+            .iter()
+            .filter(|(m, prefix, _)| m.as_ref().is_none_or(|m| m == method) && path.starts_with(prefix.as_str()))
+            .max_by_key(|(_, prefix, _)| prefix.len())
+            .map(|(_, _, i)| *i)
+    }
+
+    /// Replaces every upstream (the `--upstream` flag).
+    pub fn override_upstream(&mut self, url: &str) -> Result<(), String> {
+        let up = Arc::new(Upstream { name: "default".into(), base: parse_upstream(url)? });
+        for r in &mut self.routes {
+            r.upstream = up.clone();
+        }
+        self.default_upstream = Some(up);
+        Ok(())
+    }
+
+    /// Puts every route in shadow mode (the `--shadow` flag).
+    pub fn force_shadow(&mut self) {
+        self.server.mode = Mode::Shadow;
+        for r in &mut self.routes {
+            r.mode = Mode::Shadow;
+        }
+    }
+
+    /// A human summary of what this config does, for `check-config`.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "listen {}  admin {}  mode {}", self.server.listen, self.server.admin_listen, self.server.mode.as_str());
+        let _ = writeln!(s, "routes ({}):", self.routes.len());
+        for r in &self.routes {
+            let scoring = if r.scored {
+                format!(
+                    "review>={} challenge>={} block>={}  {}  {} rules",
+                    r.policy.review,
+                    r.policy.challenge,
+                    r.policy.block,
+                    r.mode.as_str(),
+                    r.rules.len()
+                )
+            } else {
+                "counted, not scored".to_string()
+            };
+            let _ = writeln!(s, "  {:<18} {:<9} -> {}  {scoring}", r.name, r.action.as_str(), r.upstream.name);
+            for l in &r.limits {
+                let _ = writeln!(
+                    s,
+                    "      limit {:<24} per {:<8} {} burst {} -> {}{}",
+                    l.name,
+                    l.key_kind.name(),
+                    l.rate,
+                    l.burst,
+                    l.decision.as_str(),
+                    if l.shadow { " (shadow)" } else { "" }
+                );
+            }
+        }
+        let _ = writeln!(s, "rules ({}):", self.rules.len());
+        for r in &self.rules {
+            let _ = writeln!(s, "  {:<28} +{:<5} {}{}", r.name, r.score, r.expr.source(), if r.shadow { "  (shadow)" } else { "" });
+        }
+        let _ = writeln!(s, "lists ({}):", self.lists.len());
+        for l in &self.lists {
+            let _ = writeln!(s, "  {:<24} {:?} {:?}  {} entries from {}", l.name, l.kind, l.action, l.len(), l.path.display());
+        }
+        s
+    }
+}
+
+fn all_methods() -> Vec<Method> {
+    [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::HEAD, Method::OPTIONS].to_vec()
+}
+
+fn response(p: &mut Problems, key: &str, rc: &ResponseConfig) -> Response {
+    let status = match http::StatusCode::from_u16(rc.status) {
+        Ok(s) if (400..600).contains(&rc.status) => s,
+        _ => {
+            p.at(None, format!("responses.{key}.status"), format!("{} must be an HTTP status from 400 to 599", rc.status));
+            http::StatusCode::FORBIDDEN
+        }
+    };
+    Response { status, code: rc.code.clone(), message: rc.message.clone() }
+}
+
+fn parse_upstream(url: &str) -> Result<Uri, String> {
+    let uri: Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("`{url}` must be an http:// URL (TLS to upstreams is not supported)"));
+    }
+    if uri.authority().is_none() {
+        return Err(format!("`{url}` has no host"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("`{url}` must have no path or query: requests keep their own path"));
+    }
+    Ok(uri)
+}
+
+fn merge_identity(defaults: &IdentityConfig, route: &IdentityConfig) -> IdentitySpec {
+    let pick = |r: &Option<IdentityField>, d: &Option<IdentityField>| -> Option<Source> {
+        match r.as_ref().or(d.as_ref()) {
+            Some(IdentityField::From(s)) => Some(s.clone()),
+            _ => None,
+        }
+    };
+    IdentitySpec {
+        user: pick(&route.user, &defaults.user),
+        device: pick(&route.device, &defaults.device),
+        phone: pick(&route.phone, &defaults.phone),
+        campaign: pick(&route.campaign, &defaults.campaign),
+        inviter: pick(&route.inviter, &defaults.inviter),
+        amount: pick(&route.amount, &defaults.amount),
+    }
+}
+
+type ListEntries = (HashSet<String>, HashSet<IpAddr>, Vec<IpNet>);
+
+fn load_list(path: &Path, kind: ListKind) -> Result<ListEntries, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read list file {}: {e}", path.display()))?;
+    let (mut values, mut ips, mut nets) = (HashSet::new(), HashSet::new(), Vec::new());
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        if kind == ListKind::Ip {
+            if let Ok(ip) = line.parse::<IpAddr>() {
+                ips.insert(ip);
+            } else if let Ok(net) = line.parse::<IpNet>() {
+                nets.push(net.trunc());
+            } else {
+                return Err(format!("{}:{}: `{line}` is not an IP address or CIDR", path.display(), n + 1));
+            }
+        } else {
+            values.insert(line.to_string());
+        }
+    }
+    Ok((values, ips, nets))
+}
+
+/// Names that become metric label values: short and plain, so they are safe anywhere.
+fn is_label_safe(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}

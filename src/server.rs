@@ -1,0 +1,219 @@
+//! Server: binds the proxy and admin listeners, runs their accept loops and the reload
+//! watcher, and drains connections on shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+use crate::proxy::{self, ProxyBody};
+use crate::runtime::{self, Runtime};
+use crate::state::{KeyHasher, MemoryState, StateStore};
+
+/// Command-line settings that override the config file, kept so that every reload
+/// applies them again.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub upstream: Option<String>,
+    pub shadow: bool,
+}
+
+impl Overrides {
+    pub fn apply(&self, rt: &mut Runtime) -> Result<(), String> {
+        if let Some(addr) = self.listen {
+            rt.server.listen = addr;
+        }
+        if let Some(addr) = self.admin_listen {
+            rt.server.admin_listen = addr;
+        }
+        if let Some(url) = &self.upstream {
+            rt.override_upstream(url).map_err(|e| format!("--upstream: {e}"))?;
+        }
+        if self.shadow {
+            rt.force_shadow();
+        }
+        Ok(())
+    }
+}
+
+/// Everything a request handler shares: the swappable runtime and the long-lived parts
+/// that survive reloads (state, metrics, upstream pool).
+pub struct Gateway<S> {
+    pub runtime: ArcSwap<Runtime>,
+    pub state: S,
+    pub hasher: KeyHasher,
+    pub metrics: Metrics,
+    pub client: Client<HttpConnector, ProxyBody>,
+    pub config_path: PathBuf,
+    pub overrides: Overrides,
+    pub ready: AtomicBool,
+    request_seq: AtomicU64,
+    request_prefix: u64,
+}
+
+impl<S> Gateway<S> {
+    /// A fresh request id: unique per process run, cheap, not a secret.
+    pub fn next_request_id(&self) -> String {
+        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
+        format!("rg-{:08x}-{n:x}", self.request_prefix as u32)
+    }
+}
+
+/// A gateway that is serving: its addresses, and how to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub gateway: Arc<Gateway<MemoryState>>,
+    shutdown: watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests (up to the configured grace), and
+    /// waits for every task to end.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Waits until the gateway stops by itself (it never does unless shut down).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// A handle that triggers shutdown from elsewhere (a signal handler).
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Loads the config, binds both listeners and starts serving.
+pub async fn start(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<Running> {
+    let hasher = KeyHasher::random();
+    let load_path = config_path.clone();
+    let load_hasher = hasher.clone();
+    let mut rt = tokio::task::spawn_blocking(move || runtime::load(&load_path, &load_hasher)).await??;
+    overrides.apply(&mut rt).map_err(anyhow::Error::msg)?;
+    start_with(rt, config_path, overrides, hasher).await
+}
+
+/// Starts serving an already-built runtime.
+pub async fn start_with(
+    rt: Runtime,
+    config_path: PathBuf,
+    overrides: Overrides,
+    hasher: KeyHasher,
+) -> anyhow::Result<Running> {
+    let listener = TcpListener::bind(rt.server.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", rt.server.listen))?;
+    let admin = TcpListener::bind(rt.server.admin_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin): {e}", rt.server.admin_listen))?;
+    let addr = listener.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+
+    let state = MemoryState::new(rt.state.memory_budget_mb * 1024 * 1024, rt.state.ttl_s * 1_000);
+    let metrics = Metrics::new();
+    metrics.register_config(&rt);
+    metrics.config_last_reload_success.set(1);
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_millis(rt.server.upstream_connect_timeout_ms)));
+    connector.set_nodelay(true);
+    let client = Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_millis(rt.server.upstream_idle_timeout_ms))
+        .pool_max_idle_per_host(rt.server.upstream_max_idle_per_host)
+        .build(connector);
+    let seed = std::collections::hash_map::RandomState::new();
+    let gateway = Arc::new(Gateway {
+        runtime: ArcSwap::from_pointee(rt),
+        state,
+        hasher,
+        metrics,
+        client,
+        config_path,
+        overrides,
+        ready: AtomicBool::new(true),
+        request_seq: AtomicU64::new(1),
+        request_prefix: std::hash::BuildHasher::hash_one(&seed, 1u8),
+    });
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(serve_proxy(gateway.clone(), listener, shutdown_rx.clone()));
+    tasks.spawn(crate::admin::serve(gateway.clone(), admin, shutdown_rx.clone()));
+    tasks.spawn(crate::reload::watch(gateway.clone(), shutdown_rx));
+    info!(%addr, %admin_addr, "riskgate serving");
+    Ok(Running { addr, admin_addr, gateway, shutdown, tasks })
+}
+
+async fn serve_proxy<S: StateStore>(gw: Arc<Gateway<S>>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    let builder = connection_builder(&gw.runtime.load());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let gw = gw.clone();
+                let service = service_fn(move |req| proxy::handle(gw.clone(), peer, req));
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    gw.ready.store(false, Ordering::Relaxed);
+    let grace = Duration::from_millis(gw.runtime.load().server.shutdown_grace_ms);
+    info!(grace_ms = grace.as_millis() as u64, "draining connections");
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        warn!("shutdown grace period over; closing remaining connections");
+    }
+}
+
+/// The HTTP/1.1 (+ optional h2c) connection settings: header timeout and size.
+pub fn connection_builder(rt: &Runtime) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(rt.server.header_read_timeout_ms))
+        .max_buf_size(rt.server.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    if rt.server.http2 {
+        builder
+    } else {
+        builder.http1_only()
+    }
+}
