@@ -27,6 +27,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     #[serde(default)]
     pub identity: IdentityConfig,
@@ -161,6 +163,36 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// The audit log: one decision record per scored request, written off the hot path.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    /// The current file; rotated files get `.1`, `.2`, … appended (`.1` is the newest).
+    pub path: PathBuf,
+    /// Records waiting for the writer; when full, new records are dropped and counted.
+    pub queue_capacity: usize,
+    /// Rotate when the current file reaches this size.
+    pub max_file_mb: u64,
+    /// Rotated files kept besides the current one.
+    pub keep_files: usize,
+    /// Embed the full event in each record, so captured traffic can be replayed.
+    pub capture_events: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: true,
+            path: PathBuf::from("riskgate-audit.jsonl"),
+            queue_capacity: 65_536,
+            max_file_mb: 256,
+            keep_files: 8,
+            capture_events: false,
+        }
     }
 }
 

@@ -135,4 +135,13 @@ mod tests {
         assert_eq!(names.len(), COUNT);
         assert_eq!(by_name("no_such_feature"), None);
     }
+
+    #[test]
+    fn every_feature_is_documented_in_architecture_md() {
+        let doc = include_str!("../ARCHITECTURE.md");
+        for f in ALL {
+            let row = format!("| `{}` | {} | {} |", f.name(), f.window(), f.meaning());
+            assert!(doc.contains(&row), "ARCHITECTURE.md lacks the row {row}");
+        }
+    }
 }

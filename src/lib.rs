@@ -19,3 +19,4 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod audit;

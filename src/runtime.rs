@@ -470,6 +470,7 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
     }
 
     if !p.list.is_empty() {
+        p.list.sort_by_key(|problem| problem.line.unwrap_or(usize::MAX));
         return Err(ConfigError { file: path.to_path_buf(), problems: p.list });
     }
     Ok(Runtime {

@@ -19,6 +19,9 @@ const SHARDS: usize = 64;
 
 /// Values report their heap use so that the budget counts it too.
 pub trait HeapSize {
+    /// Whether values may own heap memory; those maps keep part of the budget for it.
+    const HAS_HEAP: bool = false;
+
     fn heap_bytes(&self) -> usize {
         0
     }
@@ -57,11 +60,12 @@ impl<V: Default + HeapSize> BoundedMap<V> {
     /// touched for between one and two `ttl_ms`.
     pub fn new(budget_bytes: usize, ttl_ms: u64) -> Self {
         let slot = Self::slot_bytes();
-        // Half the shard's budget per generation, of which at most half for slots; the
-        // slot count is rounded down to a power of two so that the table never regrows
-        // past it (a hash table's capacity is 7/8 of its power-of-two bucket count).
+        // Half the shard's budget per generation, of which a quarter is kept for heap when
+        // values have any; the slot count is rounded down to a power of two so that the
+        // table never regrows past it (a table's capacity is 7/8 of its bucket count).
         let per_generation = budget_bytes / SHARDS / 2;
-        let buckets = prev_power_of_two((per_generation / 2 / slot).max(8));
+        let for_slots = if V::HAS_HEAP { per_generation / 4 * 3 } else { per_generation };
+        let buckets = prev_power_of_two((for_slots / slot).max(8));
         let max_young = buckets / 8 * 7;
         let max_young_heap = per_generation.saturating_sub(buckets * slot);
         let shards = (0..SHARDS)

@@ -25,6 +25,8 @@ pub struct IdentityEntry {
 }
 
 impl HeapSize for IdentityEntry {
+    const HAS_HEAP: bool = true;
+
     fn heap_bytes(&self) -> usize {
         self.members.heap_bytes()
     }

@@ -58,6 +58,8 @@ pub struct DistinctSet {
 }
 
 impl HeapSize for DistinctSet {
+    const HAS_HEAP: bool = true;
+
     fn heap_bytes(&self) -> usize {
         if self.members.spilled() {
             self.members.capacity() * std::mem::size_of::<(u32, u32)>()
