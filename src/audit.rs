@@ -323,17 +323,20 @@ impl Writer {
 
     fn write_record(&mut self, line: &[u8]) {
         let need = (line.len() as u64).saturating_add(1);
-        if self.file.is_some()
-            && self.rotatable
+        if self.file.is_none() && !self.open() {
+            self.counters.settle_dropped(1);
+            return;
+        }
+        if self.rotatable
             && self.size > 0
             && self.size.saturating_add(need) > self.max_file_bytes
             && due(self.rotate_retry_at)
         {
             self.rotate();
-        }
-        if self.file.is_none() && !self.open() {
-            self.counters.settle_dropped(1);
-            return;
+            if self.file.is_none() {
+                self.counters.settle_dropped(1);
+                return;
+            }
         }
         let result = match self.file.as_mut() {
             Some(w) => w.write_all(line).and_then(|()| w.write_all(b"\n")),
@@ -452,7 +455,10 @@ impl Writer {
 
 /// No deadline, or a deadline that has passed.
 fn due(deadline: Option<Instant>) -> bool {
-    deadline.map_or(true, |at| Instant::now() >= at)
+    match deadline {
+        None => true,
+        Some(at) => Instant::now() >= at,
+    }
 }
 
 /// Opens `path` for appending, creating it (but not its directory).
@@ -746,6 +752,43 @@ mod tests {
         assert!(!path.exists());
     }
 
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn write_errors_count_and_drop_and_devices_are_never_rotated() {
+        // Every write to /dev/full fails with ENOSPC: a full disk.
+        let log = AuditLog::with_limits(PathBuf::from("/dev/full"), 100, 10, 2);
+        for i in 0..30 {
+            log.record(rec(i));
+        }
+        let stats = log.close(WAIT);
+        assert_eq!(stats.written, 0);
+        assert_eq!(stats.dropped, 30);
+        assert_eq!(stats.queued, 0);
+        assert_eq!(stats.rotations, 0);
+        assert!(stats.errors >= 1 && stats.errors < 30, "{stats:?}");
+        assert!(!Path::new("/dev/full.1").exists());
+    }
+
+    #[test]
+    fn failed_rotation_keeps_writing_to_the_current_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        // A non-empty directory where `.1` should go: the rename fails.
+        let blocker = rotated_name(&path, 1);
+        fs::create_dir(&blocker).unwrap();
+        fs::write(blocker.join("x"), b"x").unwrap();
+        let log = AuditLog::with_limits(path.clone(), 100, 100, 1);
+        for i in 0..20 {
+            log.record(rec(i));
+        }
+        let stats = log.close(WAIT);
+        assert_eq!(stats.written, 20);
+        assert_eq!(stats.dropped, 0);
+        assert_eq!(stats.rotations, 0);
+        assert!(stats.errors >= 1 && stats.errors < 20, "{stats:?}");
+        assert_eq!(lines_of(&path), (0..20).map(rec_str).collect::<Vec<_>>());
+    }
+
     #[test]
     fn reopens_after_backoff_once_the_path_is_usable() {
         let dir = tempfile::tempdir().unwrap();
@@ -776,7 +819,8 @@ mod tests {
         for i in 0..50_000 {
             log.record(rec(i));
         }
-        let stats = log.close(WAIT);
+        // An unbounded deadline is fine too (no overflow, no panic).
+        let stats = log.close(Duration::MAX);
         assert_eq!(stats.written, 50_000);
         assert_eq!(stats.dropped, 0);
         assert_eq!(stats.queued, 0);
@@ -801,7 +845,7 @@ mod tests {
     }
 
     #[test]
-    fn flushes_periodically_under_load_and_when_idle() {
+    fn flushes_when_the_queue_goes_idle() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let log = AuditLog::with_limits(path.clone(), 100, 1 << 20, 1);
