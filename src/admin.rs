@@ -37,6 +37,9 @@ async fn answer<S: StateStore>(gw: Arc<Gateway<S>>, req: Request<Incoming>) -> R
     let (status, content_type, body) = match req.uri().path() {
         "/metrics" => {
             gw.metrics.update_state(&gw.state.stats(), gw.state.budget_bytes());
+            if let Some(audit) = &gw.audit {
+                gw.metrics.update_audit(&audit.stats());
+            }
             (StatusCode::OK, "text/plain; version=0.0.4", gw.metrics.render())
         }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),

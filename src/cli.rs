@@ -40,4 +40,58 @@ pub enum Command {
         /// The TOML config file.
         file: PathBuf,
     },
+    /// Run events through the pipeline in event time: one decision record per event.
+    /// With --baseline, also report what changes between the two configs (a backtest).
+    Replay {
+        /// The config to replay with (the candidate, when --baseline is given).
+        #[arg(long)]
+        config: PathBuf,
+        /// Events, JSONL (`.jsonl.gz` is decompressed; `-` is stdin).
+        #[arg(long)]
+        input: String,
+        /// Decision records, JSONL (`.gz` is compressed; `-` is stdout).
+        #[arg(long)]
+        output: String,
+        /// The config in production now: report the decisions that would flip.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Also write the summary (and diff) as JSON here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Fail on the first line that is not an event, instead of skipping it.
+        #[arg(long)]
+        strict: bool,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Generate labelled synthetic campaign traffic as events (JSONL).
+    Simulate {
+        /// A built-in scenario (default, demo, small) or a scenario TOML file.
+        #[arg(long, default_value = "default")]
+        scenario: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where to write events (`.gz` is compressed; `-` is stdout).
+        #[arg(long)]
+        out: String,
+        /// Multiply population and crew sizes.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Event time of the scenario's start, in ms since the epoch.
+        #[arg(long, default_value_t = 1_762_819_200_000)]
+        start_ms: u64,
+    },
+    /// Watch the gateway catch fraud: a stub backend, the gateway on the default config,
+    /// and a short simulated campaign over real HTTP.
+    Demo {
+        /// Wall-clock length of the campaign, in seconds.
+        #[arg(long, default_value_t = 50)]
+        duration: u64,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// The scenario to send.
+        #[arg(long, default_value = "demo")]
+        scenario: String,
+    },
 }

@@ -20,3 +20,7 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod audit;
+pub mod report;
+pub mod replay;
+pub mod demo;
+pub mod simulate;

@@ -1,5 +1,6 @@
 //! The `riskgate` binary: parses the command line and hands over to the library.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -32,13 +33,58 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         },
+        Command::Replay { config, input, output, baseline, report, strict, quiet } => {
+            let opts = riskgate::replay::Options { config, input, output, baseline, report, strict, progress: !quiet };
+            let outcome = riskgate::replay::run(&opts)?;
+            eprint!("{}", outcome.summary.render());
+            if let Some(diff) = &outcome.diff {
+                eprint!("\n{}", diff.render());
+            }
+            eprintln!("\nreplayed {} events in {:.2} s ({:.0} events/s)", outcome.summary.events, outcome.seconds, outcome.events_per_second);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate { scenario, seed, out, scale, start_ms } => {
+            let started = std::time::Instant::now();
+            let mut sc = riskgate::simulate::Scenario::load(&scenario).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if scale != 1.0 {
+                anyhow::ensure!(scale > 0.0 && scale.is_finite(), "--scale must be above 0");
+                sc = sc.scaled(scale);
+            }
+            eprintln!("generating scenario `{scenario}` (seed {seed}, scale {scale})...");
+            let events = riskgate::simulate::generate(&sc, seed, start_ms);
+            let mut w = riskgate::replay::open_output(&out)?;
+            for e in &events {
+                serde_json::to_writer(&mut w, e)?;
+                w.write_all(b"\n")?;
+            }
+            w.flush()?;
+            drop(w);
+            eprintln!("{:<24} {:>6} {:>9}", "label kind", "fraud", "events");
+            for (kind, fraud, n) in riskgate::simulate::census(&events) {
+                eprintln!("{kind:<24} {fraud:>6} {n:>9}");
+            }
+            eprintln!("{} events written to {out} in {:.1} s", events.len(), started.elapsed().as_secs_f64());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { duration, seed, scenario } => {
+            init_logging(LogFormat::Text, "warn");
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let opts = riskgate::demo::Options {
+                duration: std::time::Duration::from_secs(duration.max(1)),
+                seed,
+                scenario,
+                every: std::time::Duration::from_secs(if duration <= 10 { 2 } else { 10 }),
+            };
+            rt.block_on(riskgate::demo::run(&opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve { config, listen, admin_listen, upstream, shadow, state } => {
             if state != "memory" {
                 anyhow::bail!("--state {state}: only `memory` is available in this build");
             }
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
-                let overrides = Overrides { listen, admin_listen, upstream, shadow };
+                let overrides = Overrides { listen, admin_listen, upstream, shadow, trusted_proxies: None };
                 // Logging is set up from the file before the full load, so that load
                 // problems are reported in the configured format.
                 let log = riskgate::config::parse(&config, &std::fs::read_to_string(&config).unwrap_or_default())

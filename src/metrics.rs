@@ -31,6 +31,9 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub config_last_reload_success: IntGauge,
     pub inflight: IntGauge,
+    audit_records: IntCounterVec,
+    audit_errors: IntCounter,
+    audit_queued: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -92,6 +95,13 @@ impl Metrics {
             reloads: counter(&r, "riskgate_config_reloads_total", "Config reloads by outcome (success, failure).", &["outcome"]),
             config_last_reload_success: gauge(&r, "riskgate_config_last_reload_successful", "1 when the last reload attempt succeeded, 0 when the running config is older than the file."),
             inflight: gauge(&r, "riskgate_inflight_requests", "Requests being handled right now."),
+            audit_records: counter(&r, "riskgate_audit_records_total", "Decision records by outcome: written, or dropped (queue full or disk failing).", &["outcome"]),
+            audit_errors: {
+                let c = IntCounter::new("riskgate_audit_errors_total", "Audit log open, write and rotation failures.").expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            audit_queued: gauge(&r, "riskgate_audit_queue_records", "Decision records waiting for the audit writer."),
             registry: r,
         }
     }
@@ -138,16 +148,19 @@ impl Metrics {
         for t in tables {
             self.tracked_keys.with_label_values(&[t.table]).set(t.keys as i64);
             self.state_bytes.with_label_values(&[t.table]).set(t.bytes as i64);
-            let c = self.evictions.with_label_values(&[t.table]);
-            // The backend counts evictions itself; the counter follows it monotonically.
-            let seen = c.get();
-            if t.evictions > seen {
-                c.inc_by(t.evictions - seen);
-            }
+            follow(&self.evictions.with_label_values(&[t.table]), t.evictions);
         }
         if let Some(b) = budget {
             self.state_budget_bytes.set(b as i64);
         }
+    }
+
+    /// Copies the audit writer's counters into the metrics.
+    pub fn update_audit(&self, stats: &crate::audit::AuditStats) {
+        follow(&self.audit_records.with_label_values(&["written"]), stats.written);
+        follow(&self.audit_records.with_label_values(&["dropped"]), stats.dropped);
+        follow(&self.audit_errors, stats.errors);
+        self.audit_queued.set(stats.queued as i64);
     }
 
     /// The text exposition.
@@ -156,6 +169,15 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Raises a counter to a total kept elsewhere (the state backend, the audit writer),
+/// so that it stays monotonic whatever order scrapes arrive in.
+fn follow(counter: &prometheus::IntCounter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
     }
 }
 

@@ -107,6 +107,12 @@ async fn handle_routed<S: StateStore>(
         return forward(gw, rt, &route.upstream, parts, body, peer, request_id, None, &route.name).await;
     };
     gw.metrics.observe(rt, &assessment, started.elapsed().as_secs_f64());
+    if let Some(audit) = &gw.audit {
+        // Serialising a record cannot fail: every field is plain data.
+        if let Ok(line) = serde_json::to_vec(&assessment.record(rt, &event, request_id, gw.capture_events)) {
+            audit.record(line);
+        }
+    }
     debug!(route = %route.name, decision = assessment.decision.as_str(), score = assessment.score.value, "decided");
 
     match assessment.respond {

@@ -27,6 +27,7 @@ pub struct Runtime {
     pub server: config::ServerConfig,
     pub state: config::StateConfig,
     pub log: config::LogConfig,
+    pub audit: config::AuditConfig,
     pub headers: HeaderNames,
     pub routes: Vec<Route>,
     exact: HashMap<(Method, String), usize>,
@@ -229,6 +230,9 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
     }
     if file.state.ttl_s < 86_400 {
         p.at(None, "state.ttl_s", "must be at least 86400 (the longest window is 24 h)");
+    }
+    if file.audit.queue_capacity == 0 {
+        p.at(None, "audit.queue_capacity", "must be above 0");
     }
     if tracing_subscriber::EnvFilter::try_new(&file.log.level).is_err() {
         p.at(None, "log.level", format!("`{}` is not a level or filter (e.g. `info`, `riskgate=debug`)", file.log.level));
@@ -477,6 +481,7 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
         server: file.server.clone(),
         state: file.state.clone(),
         log: file.log.clone(),
+        audit: audit_config(file, &base_dir),
         headers,
         routes,
         exact,
@@ -564,6 +569,13 @@ impl Runtime {
         }
         s
     }
+}
+
+/// The audit path is relative to the config file, like list files.
+fn audit_config(file: &ConfigFile, base_dir: &Path) -> config::AuditConfig {
+    let mut audit = file.audit.clone();
+    audit.path = base_dir.join(&audit.path);
+    audit
 }
 
 fn all_methods() -> Vec<Method> {

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::audit::AuditLog;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ProxyBody};
 use crate::runtime::{self, Runtime};
@@ -31,6 +32,8 @@ pub struct Overrides {
     pub admin_listen: Option<SocketAddr>,
     pub upstream: Option<String>,
     pub shadow: bool,
+    /// Replaces server.trusted_proxies (the demo trusts its own loopback driver).
+    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
 }
 
 impl Overrides {
@@ -47,6 +50,9 @@ impl Overrides {
         if self.shadow {
             rt.force_shadow();
         }
+        if let Some(nets) = &self.trusted_proxies {
+            rt.server.trusted_proxies = nets.clone();
+        }
         Ok(())
     }
 }
@@ -62,6 +68,10 @@ pub struct Gateway<S> {
     pub config_path: PathBuf,
     pub overrides: Overrides,
     pub ready: AtomicBool,
+    /// Kept across reloads: the writer owns the file and its rotation.
+    pub audit: Option<AuditLog>,
+    /// Whether audit records embed the full event (from the config at start).
+    pub capture_events: bool,
     request_seq: AtomicU64,
     request_prefix: u64,
 }
@@ -86,14 +96,23 @@ pub struct Running {
 impl Running {
     /// Stops accepting, drains in-flight requests (up to the configured grace), and
     /// waits for every task to end.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        while self.tasks.join_next().await.is_some() {}
+        self.wait().await;
     }
 
-    /// Waits until the gateway stops by itself (it never does unless shut down).
+    /// Waits until the gateway has been shut down and drained, then flushes the audit
+    /// log (for at most a second: a stalled disk must not hold the exit).
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
+        if let Some(audit) = &self.gateway.audit {
+            for _ in 0..100 {
+                if audit.stats().queued == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
     }
 
     /// A handle that triggers shutdown from elsewhere (a signal handler).
@@ -141,6 +160,7 @@ pub async fn start_with(
         .pool_max_idle_per_host(rt.server.upstream_max_idle_per_host)
         .build(connector);
     let seed = std::collections::hash_map::RandomState::new();
+    let rt_audit = rt.audit.clone();
     let gateway = Arc::new(Gateway {
         runtime: ArcSwap::from_pointee(rt),
         state,
@@ -150,6 +170,8 @@ pub async fn start_with(
         config_path,
         overrides,
         ready: AtomicBool::new(true),
+        audit: rt_audit.enabled.then(|| AuditLog::start(&rt_audit)),
+        capture_events: rt_audit.capture_events,
         request_seq: AtomicU64::new(1),
         request_prefix: std::hash::BuildHasher::hash_one(&seed, 1u8),
     });

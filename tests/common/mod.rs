@@ -147,6 +147,7 @@ pub async fn gateway(config: &ConfigDir, upstream: &str, shadow: bool) -> Runnin
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         upstream: Some(upstream.to_string()),
         shadow,
+        trusted_proxies: None,
     };
     server::start(config.path(), overrides).await.expect("gateway starts")
 }

@@ -1,0 +1,183 @@
+//! Demo: a stub campaign backend, the gateway on the embedded default config, and a
+//! short simulated campaign sent through real HTTP, with a live table of what was stopped.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::decide::Decision;
+use crate::event::Event;
+use crate::report::Tally;
+use crate::server::{self, Overrides};
+use crate::simulate::{self, Scenario};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Wall-clock length of the simulated campaign.
+    pub duration: Duration,
+    pub seed: u64,
+    pub scenario: String,
+    /// Seconds between live tables.
+    pub every: Duration,
+}
+
+/// A stand-in campaign backend: answers every request 200 `{"ok":true}`.
+pub async fn stub_backend() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let svc = service_fn(|_req: Request<hyper::body::Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}"))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Runs the demo and returns the final tally (by label kind, from the HTTP answers).
+pub async fn run(opts: &Options) -> anyhow::Result<Tally> {
+    let dir = tempfile_dir()?;
+    let config_path = dir.join("riskgate.toml");
+    std::fs::write(&config_path, crate::config::DEFAULT_TOML)?;
+    std::fs::create_dir_all(dir.join("lists"))?;
+    for list in ["blocked_devices.txt", "blocked_ips.txt", "allowed_users.txt"] {
+        std::fs::write(dir.join("lists").join(list), "")?;
+    }
+    let backend = stub_backend().await?;
+    let overrides = Overrides {
+        listen: Some(([127, 0, 0, 1], 0).into()),
+        admin_listen: Some(([127, 0, 0, 1], 0).into()),
+        upstream: Some(format!("http://{backend}")),
+        shadow: false,
+        // The driver speaks for many simulated clients through one loopback socket and
+        // names each in X-Forwarded-For, as a load balancer would.
+        trusted_proxies: Some(vec!["127.0.0.1/32".parse()?]),
+    };
+    let running = server::start(config_path, overrides).await.context("starting the gateway")?;
+    let scenario = Scenario::load(&opts.scenario).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let start_ms = now_ms();
+    let mut events = simulate::generate(&scenario, opts.seed, start_ms);
+    let span_ms = events.last().map(|e| e.ts_ms.saturating_sub(start_ms)).unwrap_or(0).max(1);
+    let stretch = opts.duration.as_millis() as f64 / span_ms as f64;
+    for e in &mut events {
+        e.ts_ms = start_ms + ((e.ts_ms - start_ms) as f64 * stretch) as u64;
+    }
+
+    eprintln!(
+        "riskgate demo: gateway http://{}  backend http://{backend}  metrics http://{}/metrics",
+        running.addr, running.admin_addr
+    );
+    eprintln!(
+        "sending {} simulated requests over {:.0} s (scenario `{}`, seed {})\n",
+        events.len(),
+        opts.duration.as_secs_f64(),
+        opts.scenario,
+        opts.seed
+    );
+
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let errors = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let inflight = Arc::new(Semaphore::new(256));
+    let origin = Instant::now();
+    let mut next_table = origin + opts.every;
+    let mut sends = tokio::task::JoinSet::new();
+    for event in events {
+        let due = origin + Duration::from_millis(event.ts_ms - start_ms);
+        while next_table < due {
+            tokio::time::sleep_until(next_table).await;
+            print_table(&tally, origin);
+            next_table += opts.every;
+        }
+        tokio::time::sleep_until(due).await;
+        let permit = inflight.clone().acquire_owned().await?;
+        let (client, tally, errors, addr) = (client.clone(), tally.clone(), errors.clone(), running.addr);
+        sends.spawn(async move {
+            let outcome = send(&client, addr, &event).await;
+            drop(permit);
+            match outcome {
+                Ok(decision) => {
+                    let scored = event.method != "GET";
+                    lock(&tally).add(&event.path, decision, &[], event.label.as_ref(), scored)
+                }
+                Err(e) => *lock(&errors).entry(e).or_default() += 1,
+            }
+        });
+    }
+    while sends.join_next().await.is_some() {}
+    running.shutdown().await;
+    let tally = lock(&tally).clone();
+    println!("\nfinal: {} requests in {:.1} s\n{}", tally.events, origin.elapsed().as_secs_f64(), tally.render_kinds());
+    let c = tally.confusion;
+    println!(
+        "fraud requests stopped: {:.1}%   legitimate requests wrongly stopped: {:.2}%",
+        c.recall() * 100.0,
+        c.false_positive_rate() * 100.0
+    );
+    let errors = lock(&errors);
+    if !errors.is_empty() {
+        println!("transport errors: {errors:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(tally)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn print_table(tally: &Mutex<Tally>, origin: Instant) {
+    let t = lock(tally);
+    println!("t = {:>4.0} s, {} requests\n{}", origin.elapsed().as_secs_f64(), t.events, t.render_kinds());
+}
+
+/// Sends one event as the client it describes; the answer's status tells the decision.
+async fn send(client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>, addr: SocketAddr, e: &Event) -> Result<Decision, String> {
+    let query = if e.query.is_empty() { String::new() } else { format!("?{}", e.query) };
+    let mut req = Request::builder().method(e.method.as_str()).uri(format!("http://{addr}{}{query}", e.path));
+    for (k, v) in &e.headers {
+        req = req.header(k, v);
+    }
+    req = req.header("x-forwarded-for", e.client_ip.to_string());
+    let body = e.body.as_ref().map(|b| b.to_string()).unwrap_or_default();
+    let req = req.body(Full::new(Bytes::from(body))).map_err(|e| format!("bad request: {e}"))?;
+    let resp = client.request(req).await.map_err(|e| format!("{e}"))?;
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    match status {
+        200..=299 => Ok(Decision::Allow),
+        428 => Ok(Decision::Challenge),
+        403 | 429 => Ok(Decision::Block),
+        other => Err(format!("status {other}")),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("riskgate-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

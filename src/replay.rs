@@ -1,0 +1,280 @@
+//! Replay: a file of events through the same pipeline as the live gateway, in event
+//! time, one decision record per event in input order; and the backtest diff of two
+//! configs over the same events.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::future::Future;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::decide::Decision;
+use crate::event::Event;
+use crate::extract::{self, IdentitySpec};
+use crate::pipeline::{self, Assessment};
+use crate::record::DecisionRecord;
+use crate::report::{Confusion, Tally};
+use crate::runtime::{self, Runtime};
+use crate::state::{KeyHasher, MemoryState};
+
+/// Replay keys state with a fixed seed: the same input gives the same output, always.
+const REPLAY_SEED: u64 = 0x5249_534b_4741_5445;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    pub input: String,
+    pub output: String,
+    pub baseline: Option<PathBuf>,
+    pub report: Option<PathBuf>,
+    pub strict: bool,
+    /// Progress lines on stderr about once a second.
+    pub progress: bool,
+}
+
+/// What a replay found: the tally of the (new) config, and the diff against the baseline.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub summary: Tally,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<Diff>,
+    pub seconds: f64,
+    pub events_per_second: f64,
+}
+
+/// One config replaying: its runtime and its own state.
+struct Replayer {
+    rt: Runtime,
+    state: MemoryState,
+    hasher: KeyHasher,
+    unrouted: IdentitySpec,
+}
+
+impl Replayer {
+    fn new(path: &Path) -> anyhow::Result<Replayer> {
+        let hasher = KeyHasher::seeded(REPLAY_SEED);
+        let rt = runtime::load(path, &hasher)?;
+        let state = MemoryState::new(rt.state.memory_budget_mb * 1024 * 1024, rt.state.ttl_s * 1_000);
+        Ok(Replayer { rt, state, hasher, unrouted: IdentitySpec::default() })
+    }
+
+    fn assess(&self, event: &Event) -> Option<Assessment> {
+        ready(pipeline::assess(&self.rt, &self.state, &self.hasher, event))
+    }
+
+    /// The record of one event; unrouted events get an `unmatched` record so that the
+    /// output has exactly one line per input line.
+    fn write_record(&self, out: &mut impl Write, event: &Event, a: Option<&Assessment>, id: &str) -> io::Result<()> {
+        match a {
+            Some(a) => serde_json::to_writer(&mut *out, &a.record(&self.rt, event, id, false))?,
+            None => {
+                let identities = extract::identities(&self.unrouted, event, &self.rt.server.trusted_proxies);
+                let record = DecisionRecord {
+                    ts_ms: event.ts_ms,
+                    request_id: id,
+                    route: "unmatched",
+                    action: "other",
+                    decision: Decision::Allow,
+                    score: 0.0,
+                    reasons: &[],
+                    identities: &identities,
+                    mode: self.rt.server.mode.as_str(),
+                    label: event.label.as_ref(),
+                    event: None,
+                };
+                serde_json::to_writer(&mut *out, &record)?;
+            }
+        }
+        out.write_all(b"\n")
+    }
+}
+
+/// The in-memory state answers at once: poll its future a single time.
+fn ready<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        // MemoryState's futures are `std::future::ready`; nothing else is replayed.
+        Poll::Pending => unreachable!("the in-memory state never waits"),
+    }
+}
+
+/// Runs a replay (and a diff when `baseline` is set).
+pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
+    let current = Replayer::new(&opts.config)?;
+    let baseline = opts.baseline.as_deref().map(Replayer::new).transpose()?;
+    let input = open_input(&opts.input)?;
+    let mut output = open_output(&opts.output)?;
+    let mut summary = Tally::default();
+    let mut diff = baseline.as_ref().map(|_| Diff::default());
+    let mut baseline_tally = Tally::default();
+    let started = Instant::now();
+    let mut last_progress = started;
+
+    for (n, line) in input.lines().enumerate() {
+        let line_no = n + 1;
+        let line = line.with_context(|| format!("{}: reading line {line_no}", opts.input))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event: Event = match serde_json::from_str(&line) {
+            Ok(e) => e,
+            Err(e) => {
+                if opts.strict {
+                    anyhow::bail!("{}:{line_no}: not an event: {e}", opts.input);
+                }
+                summary.bad_lines += 1;
+                if summary.bad_lines <= 20 {
+                    eprintln!("{}:{line_no}: skipped, not an event: {e}", opts.input);
+                } else if summary.bad_lines == 21 {
+                    eprintln!("(further bad lines are counted, not printed)");
+                }
+                continue;
+            }
+        };
+        let id = event.header("x-request-id").map(str::to_string).unwrap_or_else(|| format!("line-{line_no}"));
+        let a = current.assess(&event);
+        current.write_record(&mut output, &event, a.as_ref(), &id).context("writing decision records")?;
+        let (route, decision, reasons, scored) = describe(&current.rt, a.as_ref());
+        summary.add(route, decision, reasons, event.label.as_ref(), scored);
+
+        if let (Some(base), Some(diff)) = (&baseline, diff.as_mut()) {
+            let b = base.assess(&event);
+            let (_, old, old_reasons, base_scored) = describe(&base.rt, b.as_ref());
+            baseline_tally.add(route, old, old_reasons, event.label.as_ref(), base_scored);
+            if old != decision {
+                diff.flip(route, old, decision, old_reasons, reasons, &id);
+            }
+        }
+
+        if opts.progress && summary.events % 4096 == 0 && last_progress.elapsed().as_secs() >= 1 {
+            last_progress = Instant::now();
+            let secs = started.elapsed().as_secs_f64();
+            eprintln!("replayed {} events ({:.0}/s)", summary.events, summary.events as f64 / secs);
+        }
+    }
+    output.flush().context("writing decision records")?;
+    drop(output);
+    if let Some(diff) = diff.as_mut() {
+        diff.baseline = baseline_tally.confusion;
+        diff.current = summary.confusion;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let outcome = Outcome {
+        events_per_second: if seconds > 0.0 { summary.events as f64 / seconds } else { 0.0 },
+        summary,
+        diff,
+        seconds,
+    };
+    if let Some(path) = &opts.report {
+        let f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        serde_json::to_writer_pretty(BufWriter::new(f), &outcome).context("writing the report")?;
+    }
+    Ok(outcome)
+}
+
+/// Route name, decision, reasons, and whether the route is scored at all.
+fn describe<'a>(rt: &'a Runtime, a: Option<&'a Assessment>) -> (&'a str, Decision, &'a [String], bool) {
+    match a {
+        Some(a) => (&rt.routes[a.route].name, a.decision, &a.score.reasons, rt.routes[a.route].scored),
+        None => ("unmatched", Decision::Allow, &[], false),
+    }
+}
+
+/// How a candidate config's decisions differ from the baseline's on the same events.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Diff {
+    pub flips: u64,
+    pub by_route: BTreeMap<String, u64>,
+    /// Keyed `old->new`.
+    pub by_change: BTreeMap<String, u64>,
+    /// Reasons present on one side only of a flipped request (`+reason` added by the
+    /// candidate, `-reason` gone from it).
+    pub by_reason: BTreeMap<String, u64>,
+    /// Up to five request ids per `old->new`.
+    pub examples: BTreeMap<String, Vec<String>>,
+    pub baseline: Confusion,
+    pub current: Confusion,
+}
+
+impl Diff {
+    fn flip(&mut self, route: &str, old: Decision, new: Decision, old_reasons: &[String], new_reasons: &[String], id: &str) {
+        self.flips += 1;
+        *self.by_route.entry(route.to_string()).or_default() += 1;
+        let change = format!("{}->{}", old.as_str(), new.as_str());
+        let examples = self.examples.entry(change.clone()).or_default();
+        if examples.len() < 5 {
+            examples.push(id.to_string());
+        }
+        *self.by_change.entry(change).or_default() += 1;
+        for r in new_reasons.iter().filter(|r| !old_reasons.contains(r)) {
+            *self.by_reason.entry(format!("+{r}")).or_default() += 1;
+        }
+        for r in old_reasons.iter().filter(|r| !new_reasons.contains(r)) {
+            *self.by_reason.entry(format!("-{r}")).or_default() += 1;
+        }
+    }
+
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = format!("backtest diff: {} requests change decision\n", self.flips);
+        for (title, map) in [("route", &self.by_route), ("old->new", &self.by_change), ("reason", &self.by_reason)] {
+            if map.is_empty() {
+                continue;
+            }
+            let _ = writeln!(s, "\n{title:<40} {:>9}", "requests");
+            for (k, n) in map {
+                let _ = writeln!(s, "{k:<40} {n:>9}");
+            }
+        }
+        for (change, ids) in &self.examples {
+            let _ = writeln!(s, "examples {change}: {}", ids.join(", "));
+        }
+        if self.current.labelled() > 0 {
+            let (b, c) = (&self.baseline, &self.current);
+            let _ = writeln!(
+                s,
+                "\nrecall {:.4} -> {:.4} ({:+.4})   false-positive rate {:.4}% -> {:.4}% ({:+.4} pp)",
+                b.recall(),
+                c.recall(),
+                c.recall() - b.recall(),
+                b.false_positive_rate() * 100.0,
+                c.false_positive_rate() * 100.0,
+                (c.false_positive_rate() - b.false_positive_rate()) * 100.0
+            );
+        }
+        s
+    }
+}
+
+/// `-` is stdin; a `.gz` name is decompressed.
+pub fn open_input(name: &str) -> anyhow::Result<Box<dyn BufRead>> {
+    if name == "-" {
+        return Ok(Box::new(BufReader::new(io::stdin())));
+    }
+    let f = File::open(name).with_context(|| format!("opening {name}"))?;
+    if name.ends_with(".gz") {
+        Ok(Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(f))))
+    } else {
+        Ok(Box::new(BufReader::with_capacity(1 << 16, f)))
+    }
+}
+
+/// `-` is stdout; a `.gz` name is compressed.
+pub fn open_output(name: &str) -> anyhow::Result<Box<dyn Write>> {
+    if name == "-" {
+        return Ok(Box::new(BufWriter::new(io::stdout())));
+    }
+    let f = File::create(name).with_context(|| format!("creating {name}"))?;
+    if name.ends_with(".gz") {
+        Ok(Box::new(BufWriter::new(flate2::write::GzEncoder::new(f, flate2::Compression::fast()))))
+    } else {
+        Ok(Box::new(BufWriter::with_capacity(1 << 16, f)))
+    }
+}
