@@ -721,21 +721,15 @@ impl Scenario {
 /// Every event of the scenario, sorted by ts_ms (ties broken deterministically), starting at `start_ms`.
 pub fn generate(scenario: &Scenario, seed: u64, start_ms: u64) -> Vec<Event> {
     let ctx = world::Ctx::new(scenario, seed);
-    let mut drafts = Vec::new();
-    legit::generate(&ctx, &mut drafts);
-    crews::generate(&ctx, &mut drafts);
-    // Stable sort: equal keys keep generation order, which is itself deterministic.
-    drafts.sort_by_key(|d| (d.ts, d.stream, d.seq));
-    drafts
-        .into_iter()
-        .enumerate()
-        .map(|(n, d)| {
-            let mut ev = d.ev;
-            ev.ts_ms = start_ms + d.ts;
-            ev.headers.insert("x-request-id".to_string(), format!("sim-{seed}-{n}"));
-            ev
-        })
-        .collect()
+    let mut sink = world::Sink::default();
+    legit::generate(&ctx, &mut sink);
+    crews::generate(&ctx, &mut sink);
+    let (offsets, mut events) = sink.into_sorted();
+    for (n, (ev, offset)) in events.iter_mut().zip(offsets).enumerate() {
+        ev.ts_ms = start_ms + offset;
+        ev.headers.insert("x-request-id".to_string(), format!("sim-{seed}-{n}"));
+    }
+    events
 }
 
 /// Summary for progress/docs: events per label kind (fraud and legit), sorted by kind.

@@ -6,10 +6,10 @@ use rand::Rng;
 
 use super::world::{
     cloud, hex, label, mobile_v4, mobile_v6, pick, proxy, residential, residential_in, Account, Actor, Call, Ctx, Device,
-    Draft, Net, Who,
+    Sink, Net, Who,
 };
 
-pub(crate) fn generate(ctx: &Ctx, out: &mut Vec<Draft>) {
+pub(crate) fn generate(ctx: &Ctx, out: &mut Sink) {
     let a = &ctx.sc.attacks;
     for i in 0..a.device_farm.crews as u64 {
         device_farm(ctx, i, out);
@@ -53,7 +53,7 @@ fn accounts(a: &mut Actor, n: u32, skill: f64) -> Vec<Account> {
 
 /// Many accounts on few phones (群控), claiming in waves: each phone steps through its
 /// accounts a few seconds apart.
-fn device_farm(ctx: &Ctx, i: u64, out: &mut Vec<Draft>) {
+fn device_farm(ctx: &Ctx, i: u64, out: &mut Sink) {
     let spec = &ctx.sc.attacks.device_farm;
     let mut a = Actor::new(ctx, "device_farm", i, out);
     let lab = label(true, "device_farm", format!("device_farm-{i}"));
@@ -103,7 +103,7 @@ fn device_farm(ctx: &Ctx, i: u64, out: &mut Vec<Draft>) {
 
 /// A device-id spoofing tool (改机): every new account gets a fresh device id, but model,
 /// OS, WeChat and app version (the user agent) are all the same.
-fn device_spoofing(ctx: &Ctx, i: u64, out: &mut Vec<Draft>) {
+fn device_spoofing(ctx: &Ctx, i: u64, out: &mut Sink) {
     let spec = &ctx.sc.attacks.device_spoofing;
     let mut a = Actor::new(ctx, "device_spoofing", i, out);
     let lab = label(true, "device_spoofing", format!("device_spoofing-{i}"));
@@ -145,7 +145,7 @@ fn device_spoofing(ctx: &Ctx, i: u64, out: &mut Vec<Draft>) {
 
 /// A script calling the API directly (协议刷): no browsing, a machine-regular period with
 /// tiny jitter, a generic client, a missing or stale app version, often no device id.
-fn script(ctx: &Ctx, i: u64, out: &mut Vec<Draft>) {
+fn script(ctx: &Ctx, i: u64, out: &mut Sink) {
     let spec = &ctx.sc.attacks.script;
     let mut a = Actor::new(ctx, "script", i, out);
     let lab = label(true, "script", format!("script-{i}"));
@@ -210,7 +210,7 @@ fn script(ctx: &Ctx, i: u64, out: &mut Vec<Draft>) {
 
 /// Dial-up (秒拨) and proxy rotation: a new address from a different /24 for every
 /// request, but a small pool of phones reused across the accounts.
-fn ip_rotation(ctx: &Ctx, i: u64, out: &mut Vec<Draft>) {
+fn ip_rotation(ctx: &Ctx, i: u64, out: &mut Sink) {
     let spec = &ctx.sc.attacks.ip_rotation;
     let mut a = Actor::new(ctx, "ip_rotation", i, out);
     let lab = label(true, "ip_rotation", format!("ip_rotation-{i}"));
@@ -251,7 +251,7 @@ fn ip_rotation(ctx: &Ctx, i: u64, out: &mut Vec<Draft>) {
 /// A self-invite ring: members assist each other's invitations around a cycle (A→B→C→…→A,
 /// some pairs both ways), then brand-new accounts, made on the inviter's own phones and
 /// home /24, assist each member; finally the members collect the referral reward.
-fn referral_ring(ctx: &Ctx, i: u64, out: &mut Vec<Draft>) {
+fn referral_ring(ctx: &Ctx, i: u64, out: &mut Sink) {
     let spec = &ctx.sc.attacks.referral_ring;
     let mut a = Actor::new(ctx, "referral_ring", i, out);
     let lab = label(true, "referral_ring", format!("referral_ring-{i}"));
@@ -306,7 +306,7 @@ fn referral_ring(ctx: &Ctx, i: u64, out: &mut Vec<Draft>) {
 
 /// Fake orders (刷单): claim the threshold coupon, order just above the threshold, from a
 /// few shared shipping addresses and pay accounts; one operator per phone.
-fn fake_order(ctx: &Ctx, i: u64, out: &mut Vec<Draft>) {
+fn fake_order(ctx: &Ctx, i: u64, out: &mut Sink) {
     let spec = &ctx.sc.attacks.fake_order;
     let mut a = Actor::new(ctx, "fake_order", i, out);
     let lab = label(true, "fake_order", format!("fake_order-{i}"));
@@ -353,7 +353,7 @@ fn fake_order(ctx: &Ctx, i: u64, out: &mut Vec<Draft>) {
 
 /// Aged accounts (养号): they browse and check in like normal users early on, then claim
 /// one at a time, minutes apart, from a shared pool of phones on a few home lines.
-fn low_and_slow(ctx: &Ctx, i: u64, out: &mut Vec<Draft>) {
+fn low_and_slow(ctx: &Ctx, i: u64, out: &mut Sink) {
     let spec = &ctx.sc.attacks.low_and_slow;
     let mut a = Actor::new(ctx, "low_and_slow", i, out);
     let lab = label(true, "low_and_slow", format!("low_and_slow-{i}"));
@@ -419,7 +419,7 @@ fn low_and_slow(ctx: &Ctx, i: u64, out: &mut Vec<Draft>) {
 /// Crowdsourced assists (众包): an inviter posts a paid task after a quiet spell; real
 /// people on their own phones and networks, with brand-new accounts, land on the page and
 /// assist that one inviter within minutes, and do nothing else.
-fn crowdsourced(ctx: &Ctx, i: u64, out: &mut Vec<Draft>) {
+fn crowdsourced(ctx: &Ctx, i: u64, out: &mut Sink) {
     let spec = &ctx.sc.attacks.crowdsourced;
     let mut a = Actor::new(ctx, "crowdsourced", i, out);
     let lab = label(true, "crowdsourced", format!("crowdsourced-{i}"));

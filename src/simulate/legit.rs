@@ -11,11 +11,11 @@ use rand_distr::{Distribution, LogNormal};
 
 use super::world::{
     label, mix, mobile_v4, mobile_v6, office_host, openid, pick, residential, stream_id, Account, Actor, Call, Ctx,
-    Device, Draft, Net, Who,
+    Device, Sink, Net, Who,
 };
 use crate::event::Label;
 
-pub(crate) fn generate(ctx: &Ctx, out: &mut Vec<Draft>) {
+pub(crate) fn generate(ctx: &Ctx, out: &mut Sink) {
     let p = &ctx.sc.population;
     for i in 0..p.normal as u64 {
         single(ctx, "normal", i, out);
@@ -245,7 +245,7 @@ fn new_done(a: &mut Actor, me: Option<u64>) -> Done {
 }
 
 /// One person of a single-account segment.
-fn single(ctx: &Ctx, segment: &str, i: u64, out: &mut Vec<Draft>) {
+fn single(ctx: &Ctx, segment: &str, i: u64, out: &mut Sink) {
     let mut a = Actor::new(ctx, segment, i, out);
     let b = &ctx.sc.behaviour;
     let lab = label(false, segment, format!("{segment}-{i}"));
@@ -287,7 +287,7 @@ fn single(ctx: &Ctx, segment: &str, i: u64, out: &mut Vec<Draft>) {
 }
 
 /// A household: 2–3 accounts on one shared phone, one home line and one address.
-fn family(ctx: &Ctx, i: u64, out: &mut Vec<Draft>) {
+fn family(ctx: &Ctx, i: u64, out: &mut Sink) {
     let mut a = Actor::new(ctx, "family", i, out);
     let lab = label(false, "family", format!("family-{i}"));
     let home = Home::Broadband(residential(&mut a.rng));
@@ -307,7 +307,7 @@ fn family(ctx: &Ctx, i: u64, out: &mut Vec<Draft>) {
 }
 
 /// An influencer and the many real friends who assist them, spread over hours.
-fn heavy_referrer(ctx: &Ctx, i: u64, out: &mut Vec<Draft>) {
+fn heavy_referrer(ctx: &Ctx, i: u64, out: &mut Sink) {
     let mut a = Actor::new(ctx, "heavy_referrer", i, out);
     let b = &ctx.sc.behaviour;
     let lab = label(false, "heavy_referrer", format!("heavy_referrer-{i}"));

@@ -542,12 +542,66 @@ pub(crate) struct Who<'x> {
     pub net: Net,
 }
 
-/// An event before sorting: (offset, stream, sequence) orders it deterministically.
-pub(crate) struct Draft {
-    pub ts: u64,
-    pub stream: u64,
-    pub seq: u32,
-    pub ev: Event,
+/// Events as actors write them, with their sort keys kept apart (small, cheap to sort).
+#[derive(Default)]
+pub(crate) struct Sink {
+    /// (offset ms, actor stream, actor sequence, index into `events`).
+    pub keys: Vec<(u64, u64, u32, u32)>,
+    pub events: Vec<Event>,
+}
+
+impl Sink {
+    /// The events in (offset, stream, sequence) order, and their offsets; the sort is
+    /// stable, so equal keys keep generation order, itself deterministic.
+    pub(crate) fn into_sorted(self) -> (Vec<u64>, Vec<Event>) {
+        let Sink { mut keys, mut events } = self;
+        keys.sort_by_key(|k| (k.0, k.1, k.2));
+        // Apply the permutation in place: position i takes the event at keys[i].3.
+        const DONE: u32 = u32::MAX;
+        let mut perm: Vec<u32> = keys.iter().map(|k| k.3).collect();
+        for i in 0..perm.len() {
+            let mut j = i;
+            while perm[j] != DONE {
+                let k = perm[j] as usize;
+                perm[j] = DONE;
+                if k == i {
+                    break;
+                }
+                events.swap(j, k);
+                j = k;
+            }
+        }
+        (keys.into_iter().map(|k| k.0).collect(), events)
+    }
+}
+
+#[cfg(test)]
+mod sink_tests {
+    use super::*;
+
+    #[test]
+    fn sorting_permutes_events_in_place() {
+        let mut sink = Sink::default();
+        let ev = |n: u64| Event {
+            ts_ms: n,
+            method: "GET".into(),
+            path: "/".into(),
+            query: String::new(),
+            client_ip: v4(192, 0, 2, 1),
+            headers: BTreeMap::new(),
+            body: None,
+            label: None,
+        };
+        let order = [5u64, 3, 9, 1, 3, 7, 0, 2];
+        for (i, &t) in order.iter().enumerate() {
+            sink.keys.push((t, 1, i as u32, i as u32));
+            sink.events.push(ev(i as u64));
+        }
+        let (ts, events) = sink.into_sorted();
+        assert_eq!(ts, vec![0, 1, 2, 3, 3, 5, 7, 9]);
+        let idx: Vec<u64> = events.iter().map(|e| e.ts_ms).collect();
+        assert_eq!(idx, vec![6, 3, 7, 1, 4, 0, 5, 2]);
+    }
 }
 
 /// One actor (a person, a household or a crew) writing its events.
@@ -556,11 +610,11 @@ pub(crate) struct Actor<'a, 's> {
     pub rng: ChaCha8Rng,
     pub stream: u64,
     seq: u32,
-    out: &'a mut Vec<Draft>,
+    out: &'a mut Sink,
 }
 
 impl<'a, 's> Actor<'a, 's> {
-    pub(crate) fn new(ctx: &'a Ctx<'s>, kind: &str, index: u64, out: &'a mut Vec<Draft>) -> Actor<'a, 's> {
+    pub(crate) fn new(ctx: &'a Ctx<'s>, kind: &str, index: u64, out: &'a mut Sink) -> Actor<'a, 's> {
         let stream = stream_id(kind, index);
         Actor { ctx, rng: actor_rng(ctx.seed, stream), stream, seq: 0, out }
     }
@@ -640,7 +694,9 @@ impl<'a, 's> Actor<'a, 's> {
     /// Records `ev` at offset `t` ms (dropped when past the end of the scenario).
     pub(crate) fn push(&mut self, t: u64, ev: Event) {
         if t < self.ctx.dur_ms {
-            self.out.push(Draft { ts: t, stream: self.stream, seq: self.seq, ev });
+            let idx = u32::try_from(self.out.events.len()).expect("fewer than 4 billion events");
+            self.out.keys.push((t, self.stream, self.seq, idx));
+            self.out.events.push(ev);
             self.seq += 1;
         }
     }
