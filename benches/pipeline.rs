@@ -74,7 +74,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("signals only (state update + features)", |b| {
         b.iter(|| {
             n = (n + 1) % events.len();
-            black_box(ready(signals::observe(&state, &hasher, route, &ids[n], events[n].ts_ms)))
+            black_box(ready(signals::observe(&state, &hasher, route, &rt.signals, &ids[n], events[n].ts_ms)))
         })
     });
     g.finish();

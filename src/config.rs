@@ -29,6 +29,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub audit: AuditConfig,
     #[serde(default)]
+    pub signals: SignalsConfig,
+    #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     #[serde(default)]
     pub identity: IdentityConfig,
@@ -235,6 +237,28 @@ pub struct IdentityConfig {
     pub campaign: Option<IdentityField>,
     pub inviter: Option<IdentityField>,
     pub amount: Option<IdentityField>,
+    pub pay_account: Option<IdentityField>,
+    pub address: Option<IdentityField>,
+    pub user_agent: Option<IdentityField>,
+    pub app_version: Option<IdentityField>,
+}
+
+/// Knobs of the signals stage that depend on the campaign.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignalsConfig {
+    /// Spend thresholds of the campaign's coupons ("100 off 20" → 100).
+    pub order_thresholds: Vec<f64>,
+    /// An amount within this fraction above a threshold is "just above" it.
+    pub just_above_ratio: f64,
+    /// An account younger than this (seconds) is brand new when it assists an inviter.
+    pub new_account_s: u64,
+}
+
+impl Default for SignalsConfig {
+    fn default() -> Self {
+        SignalsConfig { order_thresholds: Vec::new(), just_above_ratio: 0.05, new_account_s: 600 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

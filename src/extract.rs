@@ -75,12 +75,27 @@ pub struct IdentitySpec {
     pub campaign: Option<Source>,
     pub inviter: Option<Source>,
     pub amount: Option<Source>,
+    pub pay_account: Option<Source>,
+    pub address: Option<Source>,
+    pub user_agent: Option<Source>,
+    pub app_version: Option<Source>,
 }
 
 impl IdentitySpec {
     /// True when any identity is read from the JSON body, so the body must be buffered.
     pub fn needs_json_body(&self) -> bool {
-        [&self.user, &self.device, &self.phone, &self.campaign, &self.inviter, &self.amount]
+        [
+            &self.user,
+            &self.device,
+            &self.phone,
+            &self.campaign,
+            &self.inviter,
+            &self.amount,
+            &self.pay_account,
+            &self.address,
+            &self.user_agent,
+            &self.app_version,
+        ]
             .into_iter()
             .any(|s| matches!(s, Some(Source::Json(_))))
     }
@@ -104,6 +119,14 @@ pub struct Identities {
     pub inviter: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub amount: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pay_account: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(skip)]
+    pub user_agent: Option<String>,
+    #[serde(skip)]
+    pub app_version: Option<String>,
 }
 
 /// Longest identity value kept; longer values are cut so that a hostile client cannot
@@ -124,6 +147,10 @@ pub fn identities(spec: &IdentitySpec, event: &Event, trusted_proxies: &[IpNet])
         campaign: read(&spec.campaign),
         inviter: read(&spec.inviter),
         amount: read(&spec.amount).and_then(|a| a.parse::<f64>().ok()).filter(|a| a.is_finite()),
+        pay_account: read(&spec.pay_account),
+        address: read(&spec.address),
+        user_agent: read(&spec.user_agent),
+        app_version: read(&spec.app_version),
     }
 }
 

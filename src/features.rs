@@ -4,7 +4,7 @@
 //! mean one thing to a rule and another to the classifier.
 
 /// Bumped whenever a feature is added, removed, renamed or changes meaning.
-pub const FEATURE_SET_VERSION: &str = "rg-features-1";
+pub const FEATURE_SET_VERSION: &str = "rg-features-2";
 
 macro_rules! features {
     ($( $variant:ident => $name:literal, $window:literal, $meaning:literal; )*) => {
@@ -62,6 +62,10 @@ features! {
     RouteReqs1m => "route_reqs_1m", "1 min", "requests on this route from everyone";
     RouteReqs1h => "route_reqs_1h", "1 h", "requests on this route from everyone";
     RouteReqs24h => "route_reqs_24h", "24 h", "requests on this route from everyone";
+    InviterReqs1s => "inviter_reqs_1s", "1 s", "assists for this inviter on this route";
+    InviterReqs1m => "inviter_reqs_1m", "1 min", "assists for this inviter on this route";
+    InviterReqs1h => "inviter_reqs_1h", "1 h", "assists for this inviter on this route";
+    InviterReqs24h => "inviter_reqs_24h", "24 h", "assists for this inviter on this route";
     UsersPerDevice1h => "users_per_device_1h", "1 h", "distinct accounts seen on this device (any route)";
     UsersPerDevice24h => "users_per_device_24h", "24 h", "distinct accounts seen on this device (any route)";
     DevicesPerUser1h => "devices_per_user_1h", "1 h", "distinct devices this account used (any route)";
@@ -72,12 +76,42 @@ features! {
     UsersPerSubnet24h => "users_per_subnet_24h", "24 h", "distinct accounts seen from this /24 or /64 (any route)";
     UsersPerPhone1h => "users_per_phone_1h", "1 h", "distinct accounts seen with this phone hash (any route)";
     UsersPerPhone24h => "users_per_phone_24h", "24 h", "distinct accounts seen with this phone hash (any route)";
+    UsersPerInviter1h => "users_per_inviter_1h", "1 h", "distinct accounts that assisted this inviter (fan-out)";
+    UsersPerInviter24h => "users_per_inviter_24h", "24 h", "distinct accounts that assisted this inviter (fan-out)";
+    UsersPerPay1h => "users_per_pay_1h", "1 h", "distinct accounts ordering with this payment-account hash";
+    UsersPerPay24h => "users_per_pay_24h", "24 h", "distinct accounts ordering with this payment-account hash";
+    UsersPerAddress1h => "users_per_address_1h", "1 h", "distinct accounts ordering to this address hash";
+    UsersPerAddress24h => "users_per_address_24h", "24 h", "distinct accounts ordering to this address hash";
+    LinkedAccounts24h => "linked_accounts_24h", "24 h", "accounts sharing this request's device, phone, payment account or address (the largest)";
+    DeviceNewUsers1h => "device_new_users_1h", "1 h", "accounts first seen on this device (new registrations on one phone)";
+    DeviceNewUsers24h => "device_new_users_24h", "24 h", "accounts first seen on this device (new registrations on one phone)";
+    IpNewUsers1h => "ip_new_users_1h", "1 h", "accounts first seen from this client IP";
+    IpNewUsers24h => "ip_new_users_24h", "24 h", "accounts first seen from this client IP";
+    SubnetNewUsers1h => "subnet_new_users_1h", "1 h", "accounts first seen from this /24 or /64";
+    SubnetNewUsers24h => "subnet_new_users_24h", "24 h", "accounts first seen from this /24 or /64";
+    UaNewDevices1h => "ua_new_devices_1h", "1 h", "devices first seen with this exact user-agent string";
+    UaNewDevices24h => "ua_new_devices_24h", "24 h", "devices first seen with this exact user-agent string";
+    InviterNewInvitees1h => "inviter_new_invitees_1h", "1 h", "brand-new accounts (see signals.new_account_s) that assisted this inviter";
+    InviterNewInvitees24h => "inviter_new_invitees_24h", "24 h", "brand-new accounts that assisted this inviter";
+    InviterNewShare1h => "inviter_new_share_1h", "1 h", "share of this inviter's invitees that were brand new (0-1)";
+    InviterOnDevice => "inviter_on_device", "24 h", "1 when the inviter's account was seen on this device";
+    InviterOnSubnet => "inviter_on_subnet", "24 h", "1 when the inviter's account was seen on this /24 or /64";
+    ReferralRing => "referral_ring", "24 h", "1 when the inviter had assisted this account before (A assists B, B assists A)";
+    InviterIsInvitee => "inviter_is_invitee", "24 h", "1 when the inviter itself assisted someone (a chain A to B to C)";
+    UserBrowse1h => "user_browse_1h", "1 h", "browsing requests (campaign and item pages) by this account";
+    UserBrowse24h => "user_browse_24h", "24 h", "browsing requests (campaign and item pages) by this account";
+    UserRegularGaps => "user_regular_gaps", "-", "consecutive gaps between this account's requests within 5% of the previous gap (timer-driven)";
+    DeviceRegularGaps => "device_regular_gaps", "-", "consecutive gaps between this device's requests within 5% of the previous gap";
     UserAgeS => "user_age_s", "-", "seconds since this account was first seen (0 = new now or absent)";
     DeviceAgeS => "device_age_s", "-", "seconds since this device was first seen (0 = new now or absent)";
     HasUser => "has_user", "-", "1 when the request names an account";
     HasDevice => "has_device", "-", "1 when the request carries a device id";
     HasPhone => "has_phone", "-", "1 when the request carries a phone hash";
+    HasAppVersion => "has_app_version", "-", "1 when the request carries the app version header";
+    HasUserAgent => "has_user_agent", "-", "1 when the request carries a user agent";
+    HasInviter => "has_inviter", "-", "1 when the request names an inviter";
     Amount => "amount", "-", "order amount from the request (0 when absent)";
+    AmountJustAbove => "amount_just_above_threshold", "-", "1 when the amount is at or just above a coupon threshold (signals.order_thresholds)";
 }
 
 /// Number of features in the vector.

@@ -32,7 +32,7 @@ pub async fn assess<S: StateStore>(rt: &Runtime, state: &S, hasher: &KeyHasher, 
     let route_index = rt.route(&method, &event.path)?;
     let route = &rt.routes[route_index];
     let identities = extract::identities(&route.identity, event, &rt.server.trusted_proxies);
-    let (signals, state_error) = match signals::observe(state, hasher, route, &identities, event.ts_ms).await {
+    let (signals, state_error) = match signals::observe(state, hasher, route, &rt.signals, &identities, event.ts_ms).await {
         Ok(s) => (Some(s), false),
         // Fail open, counted: a state outage must not take the campaign down.
         Err(_) => (None, true),

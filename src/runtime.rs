@@ -28,6 +28,7 @@ pub struct Runtime {
     pub state: config::StateConfig,
     pub log: config::LogConfig,
     pub audit: config::AuditConfig,
+    pub signals: config::SignalsConfig,
     pub headers: HeaderNames,
     pub routes: Vec<Route>,
     exact: HashMap<(Method, String), usize>,
@@ -231,6 +232,13 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
     if file.state.ttl_s < 86_400 {
         p.at(None, "state.ttl_s", "must be at least 86400 (the longest window is 24 h)");
     }
+    let sig = &file.signals;
+    if sig.order_thresholds.iter().any(|t| !(t.is_finite() && *t > 0.0)) {
+        p.at(None, "signals.order_thresholds", "thresholds must be positive amounts");
+    }
+    if !(0.0..=1.0).contains(&sig.just_above_ratio) {
+        p.at(None, "signals.just_above_ratio", "must be in [0, 1]");
+    }
     if file.audit.queue_capacity == 0 {
         p.at(None, "audit.queue_capacity", "must be above 0");
     }
@@ -368,7 +376,7 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
                 p.at(
                     Some(lc.key.span()),
                     format!("{lkey}.key"),
-                    format!("unknown key `{}`; allowed: user, device, ip, subnet, phone, campaign, route", lc.key.get_ref()),
+                    format!("unknown key `{}`; allowed: user, device, ip, subnet, phone, campaign, route, inviter, pay_account, address, user_agent", lc.key.get_ref()),
                 );
                 continue;
             };
@@ -482,6 +490,7 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
         state: file.state.clone(),
         log: file.log.clone(),
         audit: audit_config(file, &base_dir),
+        signals: file.signals.clone(),
         headers,
         routes,
         exact,
@@ -621,6 +630,10 @@ fn merge_identity(defaults: &IdentityConfig, route: &IdentityConfig) -> Identity
         campaign: pick(&route.campaign, &defaults.campaign),
         inviter: pick(&route.inviter, &defaults.inviter),
         amount: pick(&route.amount, &defaults.amount),
+        pay_account: pick(&route.pay_account, &defaults.pay_account),
+        address: pick(&route.address, &defaults.address),
+        user_agent: pick(&route.user_agent, &defaults.user_agent),
+        app_version: pick(&route.app_version, &defaults.app_version),
     }
 }
 

@@ -5,7 +5,8 @@ use smallvec::SmallVec;
 use crate::extract::Identities;
 use crate::features::{Feature, Features};
 use crate::runtime::Route;
-use crate::state::{combine, KeyHasher, KeyKind, LimitCheck, LimitOutcome, Observation, StateError, StateStore};
+use crate::config::SignalsConfig;
+use crate::state::{combine, KeyHasher, KeyKind, LimitCheck, LimitOutcome, Observation, StateError, StateStore, KINDS};
 
 /// Features of the request, and the outcome of each of the route's limits
 /// (`None` where the request lacks the limit's key).
@@ -20,12 +21,18 @@ pub async fn observe<S: StateStore>(
     state: &S,
     hasher: &KeyHasher,
     route: &Route,
+    signals: &SignalsConfig,
     ids: &Identities,
     ts_ms: u64,
 ) -> Result<Signals, StateError> {
-    let obs = plan(hasher, route, ids, ts_ms);
-    let readout = state.observe(&obs).await?;
-    let mut features = Features::default();
+    let obs = plan(hasher, route, signals, ids, ts_ms);
+    let r = state.observe(&obs).await?;
+    let mut f = Features::default();
+    let windows = |f: &mut Features, first: Feature, values: &[u32]| {
+        for (i, v) in values.iter().enumerate() {
+            f.0[first as usize + i] = f64::from(*v);
+        }
+    };
     let count_features = [
         Feature::UserReqs1s,
         Feature::DeviceReqs1s,
@@ -34,11 +41,10 @@ pub async fn observe<S: StateStore>(
         Feature::PhoneReqs1s,
         Feature::CampaignReqs1s,
         Feature::RouteReqs1s,
+        Feature::InviterReqs1s,
     ];
-    for (kind, first) in count_features.iter().enumerate() {
-        for w in 0..4 {
-            features.0[*first as usize + w] = f64::from(readout.counts[kind][w]);
-        }
+    for (kind, first) in count_features.into_iter().enumerate() {
+        windows(&mut f, first, &r.counts[kind]);
     }
     let distinct_features = [
         Feature::UsersPerDevice1h,
@@ -46,32 +52,55 @@ pub async fn observe<S: StateStore>(
         Feature::UsersPerIp1h,
         Feature::UsersPerSubnet1h,
         Feature::UsersPerPhone1h,
+        Feature::UsersPerInviter1h,
+        Feature::UsersPerPay1h,
+        Feature::UsersPerAddress1h,
     ];
-    for (rel, first) in distinct_features.iter().enumerate() {
-        for w in 0..2 {
-            features.0[*first as usize + w] = f64::from(readout.distinct[rel][w]);
-        }
+    for (rel, first) in distinct_features.into_iter().enumerate() {
+        windows(&mut f, first, &r.distinct[rel]);
     }
-    features.set(Feature::UserAgeS, readout.user_age_ms.unwrap_or(0) as f64 / 1_000.0);
-    features.set(Feature::DeviceAgeS, readout.device_age_ms.unwrap_or(0) as f64 / 1_000.0);
-    features.set(Feature::HasUser, f64::from(u8::from(ids.user.is_some())));
-    features.set(Feature::HasDevice, f64::from(u8::from(ids.device.is_some())));
-    features.set(Feature::HasPhone, f64::from(u8::from(ids.phone.is_some())));
-    features.set(Feature::Amount, ids.amount.unwrap_or(0.0));
+    let linked = [r.distinct[0][1], r.distinct[4][1], r.distinct[6][1], r.distinct[7][1]];
+    f.set(Feature::LinkedAccounts24h, f64::from(linked.into_iter().max().unwrap_or(0)));
+    windows(&mut f, Feature::DeviceNewUsers1h, &r.new_users[0]);
+    windows(&mut f, Feature::IpNewUsers1h, &r.new_users[1]);
+    windows(&mut f, Feature::SubnetNewUsers1h, &r.new_users[2]);
+    windows(&mut f, Feature::UaNewDevices1h, &r.ua_new_devices);
+    windows(&mut f, Feature::InviterNewInvitees1h, &r.inviter_new_invitees);
+    let fan_out = f64::from(r.distinct[5][0].max(1));
+    f.set(Feature::InviterNewShare1h, (f64::from(r.inviter_new_invitees[0]) / fan_out).min(1.0));
+    let flag = |b: bool| f64::from(u8::from(b));
+    f.set(Feature::InviterOnDevice, flag(r.inviter_on_device));
+    f.set(Feature::InviterOnSubnet, flag(r.inviter_on_subnet));
+    f.set(Feature::ReferralRing, flag(r.referral_ring));
+    f.set(Feature::InviterIsInvitee, flag(r.inviter_is_invitee));
+    windows(&mut f, Feature::UserBrowse1h, &r.browse);
+    f.set(Feature::UserRegularGaps, f64::from(r.user_regular));
+    f.set(Feature::DeviceRegularGaps, f64::from(r.device_regular));
+    f.set(Feature::UserAgeS, r.user_age_ms.unwrap_or(0) as f64 / 1_000.0);
+    f.set(Feature::DeviceAgeS, r.device_age_ms.unwrap_or(0) as f64 / 1_000.0);
+    f.set(Feature::HasUser, flag(ids.user.is_some()));
+    f.set(Feature::HasDevice, flag(ids.device.is_some()));
+    f.set(Feature::HasPhone, flag(ids.phone.is_some()));
+    f.set(Feature::HasAppVersion, flag(ids.app_version.is_some()));
+    f.set(Feature::HasUserAgent, flag(ids.user_agent.is_some()));
+    f.set(Feature::HasInviter, flag(ids.inviter.is_some()));
+    f.set(Feature::Amount, ids.amount.unwrap_or(0.0));
+    f.set(Feature::AmountJustAbove, flag(ids.amount.is_some_and(|a| just_above(a, signals))));
 
-    let mut outcomes = readout.limits.into_iter();
-    let limits = route
-        .limits
-        .iter()
-        .map(|l| obs.keys[l.key_kind as usize].and_then(|_| outcomes.next()))
-        .collect();
-    Ok(Signals { features, limits })
+    let mut outcomes = r.limits.into_iter();
+    let limits = route.limits.iter().map(|l| obs.keys[l.key_kind as usize].and_then(|_| outcomes.next())).collect();
+    Ok(Signals { features: f, limits })
+}
+
+/// At or within `just_above_ratio` above one of the campaign's coupon thresholds.
+fn just_above(amount: f64, signals: &SignalsConfig) -> bool {
+    signals.order_thresholds.iter().any(|t| amount >= *t && amount <= t * (1.0 + signals.just_above_ratio))
 }
 
 /// The state operations of one request: its keys and the limits that apply.
-pub fn plan(hasher: &KeyHasher, route: &Route, ids: &Identities, ts_ms: u64) -> Observation {
+pub fn plan(hasher: &KeyHasher, route: &Route, signals: &SignalsConfig, ids: &Identities, ts_ms: u64) -> Observation {
     let text = |kind, v: &Option<String>| v.as_deref().map(|v| hasher.key(kind, v));
-    let mut keys = [None; 7];
+    let mut keys = [None; KINDS];
     keys[KeyKind::User as usize] = text(KeyKind::User, &ids.user);
     keys[KeyKind::Device as usize] = text(KeyKind::Device, &ids.device);
     keys[KeyKind::Ip as usize] = Some(hasher.key_of(KeyKind::Ip, &ids.ip));
@@ -79,10 +108,22 @@ pub fn plan(hasher: &KeyHasher, route: &Route, ids: &Identities, ts_ms: u64) -> 
     keys[KeyKind::Phone as usize] = text(KeyKind::Phone, &ids.phone);
     keys[KeyKind::Campaign as usize] = text(KeyKind::Campaign, &ids.campaign);
     keys[KeyKind::Route as usize] = Some(route.key);
+    keys[KeyKind::Inviter as usize] = text(KeyKind::Inviter, &ids.inviter);
+    keys[KeyKind::PayAccount as usize] = text(KeyKind::PayAccount, &ids.pay_account);
+    keys[KeyKind::Address as usize] = text(KeyKind::Address, &ids.address);
+    keys[KeyKind::UserAgent as usize] = text(KeyKind::UserAgent, &ids.user_agent);
     let limits = route
         .limits
         .iter()
         .filter_map(|l| keys[l.key_kind as usize].map(|k| LimitCheck { key: combine(l.id, k), quota: l.quota }))
         .collect();
-    Observation { ts_ms, route: route.key, keys, limits }
+    Observation {
+        ts_ms,
+        route: route.key,
+        keys,
+        inviter_as_user: text(KeyKind::User, &ids.inviter),
+        browse: !route.scored,
+        new_account_ms: signals.new_account_s * 1_000,
+        limits,
+    }
 }

@@ -41,7 +41,15 @@ const BUILTINS: &[(&str, &str)] = &[
 const BUILTIN_NAMES: &[&str] = &["default", "demo", "small"];
 
 /// The legitimate segments, in generation order.
-pub const SEGMENTS: &[&str] = &["normal", "carrier_nat", "office", "family", "heavy_referrer", "retry", "flash_surge"];
+pub const SEGMENTS: &[&str] = &[
+    "normal",
+    "carrier_nat",
+    "office",
+    "family",
+    "heavy_referrer",
+    "retry",
+    "flash_surge",
+];
 
 /// The attack kinds, in generation order.
 pub const ATTACKS: &[&str] = &[
@@ -63,7 +71,11 @@ pub enum SimulateError {
     Parse { origin: String, message: String },
     /// A value is out of range.
     #[error("{origin}: `{key}`: {message}")]
-    Invalid { origin: String, key: String, message: String },
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+    },
     /// Neither a built-in scenario nor a readable file.
     #[error("scenario `{name}`: not a built-in ({builtins}) and cannot be read: {source}")]
     Read {
@@ -123,7 +135,14 @@ pub struct TimeSpec {
 
 impl Default for TimeSpec {
     fn default() -> Self {
-        TimeSpec { duration_s: 1800, start_hour: 20.0, diurnal: true, pace: 1.0, think_median_s: 8.0, think_sigma: 0.9 }
+        TimeSpec {
+            duration_s: 1800,
+            start_hour: 20.0,
+            diurnal: true,
+            pace: 1.0,
+            think_median_s: 8.0,
+            think_sigma: 0.9,
+        }
     }
 }
 
@@ -285,7 +304,14 @@ pub struct DeviceFarm {
 
 impl Default for DeviceFarm {
     fn default() -> Self {
-        DeviceFarm { crews: 0, size: [20, 60], devices: [2, 6], waves: [2, 4], switch_s: [4.0, 20.0], window: [0.0, 1.0] }
+        DeviceFarm {
+            crews: 0,
+            size: [20, 60],
+            devices: [2, 6],
+            waves: [2, 4],
+            switch_s: [4.0, 20.0],
+            window: [0.0, 1.0],
+        }
     }
 }
 
@@ -305,7 +331,12 @@ pub struct DeviceSpoofing {
 
 impl Default for DeviceSpoofing {
     fn default() -> Self {
-        DeviceSpoofing { crews: 0, size: [30, 100], gap_s: [15.0, 90.0], window: [0.0, 0.8] }
+        DeviceSpoofing {
+            crews: 0,
+            size: [30, 100],
+            gap_s: [15.0, 90.0],
+            window: [0.0, 0.8],
+        }
     }
 }
 
@@ -329,7 +360,14 @@ pub struct Script {
 
 impl Default for Script {
     fn default() -> Self {
-        Script { crews: 0, size: [5, 40], requests: [300, 1200], interval_ms: [600, 2500], jitter_ms: 25, window: [0.0, 0.8] }
+        Script {
+            crews: 0,
+            size: [5, 40],
+            requests: [300, 1200],
+            interval_ms: [600, 2500],
+            jitter_ms: 25,
+            window: [0.0, 0.8],
+        }
     }
 }
 
@@ -351,7 +389,13 @@ pub struct IpRotation {
 
 impl Default for IpRotation {
     fn default() -> Self {
-        IpRotation { crews: 0, size: [30, 80], devices: [2, 4], gap_s: [10.0, 60.0], window: [0.0, 0.8] }
+        IpRotation {
+            crews: 0,
+            size: [30, 80],
+            devices: [2, 4],
+            gap_s: [10.0, 60.0],
+            window: [0.0, 0.8],
+        }
     }
 }
 
@@ -376,7 +420,14 @@ pub struct ReferralRing {
 
 impl Default for ReferralRing {
     fn default() -> Self {
-        ReferralRing { crews: 0, size: [5, 12], invitees: [2, 6], devices: [2, 4], step_s: [10.0, 90.0], window: [0.0, 0.7] }
+        ReferralRing {
+            crews: 0,
+            size: [5, 12],
+            invitees: [2, 6],
+            devices: [2, 4],
+            step_s: [10.0, 90.0],
+            window: [0.0, 0.7],
+        }
     }
 }
 
@@ -435,7 +486,13 @@ pub struct LowAndSlow {
 
 impl Default for LowAndSlow {
     fn default() -> Self {
-        LowAndSlow { crews: 0, size: [30, 60], devices: [8, 15], age_fraction: 0.25, claim_gap_s: [120.0, 480.0] }
+        LowAndSlow {
+            crews: 0,
+            size: [30, 60],
+            devices: [8, 15],
+            age_fraction: 0.25,
+            claim_gap_s: [120.0, 480.0],
+        }
     }
 }
 
@@ -457,7 +514,13 @@ pub struct Crowdsourced {
 
 impl Default for Crowdsourced {
     fn default() -> Self {
-        Crowdsourced { crews: 0, size: [30, 80], lull_s: [600.0, 2400.0], burst_s: [60.0, 300.0], window: [0.0, 0.7] }
+        Crowdsourced {
+            crews: 0,
+            size: [30, 80],
+            lull_s: [600.0, 2400.0],
+            burst_s: [60.0, 300.0],
+            window: [0.0, 0.7],
+        }
     }
 }
 
@@ -492,9 +555,15 @@ impl Scenario {
     }
 
     fn parse(text: &str, origin: &str) -> Result<Scenario, SimulateError> {
-        let sc: Scenario = toml::from_str(text)
-            .map_err(|e| SimulateError::Parse { origin: origin.to_string(), message: e.to_string().trim_end().to_string() })?;
-        sc.validate().map_err(|(key, message)| SimulateError::Invalid { origin: origin.to_string(), key, message })?;
+        let sc: Scenario = toml::from_str(text).map_err(|e| SimulateError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        sc.validate().map_err(|(key, message)| SimulateError::Invalid {
+            origin: origin.to_string(),
+            key,
+            message,
+        })?;
         Ok(sc)
     }
 
@@ -502,8 +571,18 @@ impl Scenario {
     /// pacing and the number of crews unchanged; every non-empty segment or crew keeps at
     /// least its structural minimum).
     pub fn scaled(&self, factor: f64) -> Scenario {
-        let f = if factor.is_finite() && factor > 0.0 { factor } else { 1.0 };
-        let n = |x: u32| if x == 0 { 0 } else { ((x as f64 * f).round() as u32).max(1) };
+        let f = if factor.is_finite() && factor > 0.0 {
+            factor
+        } else {
+            1.0
+        };
+        let n = |x: u32| {
+            if x == 0 {
+                0
+            } else {
+                ((x as f64 * f).round() as u32).max(1)
+            }
+        };
         let r = |x: [u32; 2], min: u32| [n(x[0]).max(min), n(x[1]).max(min)];
         let mut s = self.clone();
         let p = &mut s.population;
@@ -538,7 +617,13 @@ impl Scenario {
     /// Checks ranges; the error is (key, message).
     fn validate(&self) -> Result<(), (String, String)> {
         let err = |k: &str, m: &str| Err((k.to_string(), m.to_string()));
-        let prob = |k: &str, p: f64| if (0.0..=1.0).contains(&p) { Ok(()) } else { err(k, "must be between 0 and 1") };
+        let prob = |k: &str, p: f64| {
+            if (0.0..=1.0).contains(&p) {
+                Ok(())
+            } else {
+                err(k, "must be between 0 and 1")
+            }
+        };
         let range = |k: &str, r: [u32; 2], min: u32| {
             if r[0] > r[1] {
                 err(k, "[min, max] with min > max")
@@ -737,7 +822,12 @@ pub fn census(events: &[Event]) -> Vec<(String, bool, usize)> {
     let mut counts: BTreeMap<(String, bool), usize> = BTreeMap::new();
     for ev in events {
         let (kind, fraud) = match &ev.label {
-            Some(l) => (l.kind.clone().unwrap_or_else(|| if l.fraud { "fraud" } else { "legit" }.to_string()), l.fraud),
+            Some(l) => (
+                l.kind
+                    .clone()
+                    .unwrap_or_else(|| if l.fraud { "fraud" } else { "legit" }.to_string()),
+                l.fraud,
+            ),
             None => ("unlabelled".to_string(), false),
         };
         *counts.entry((kind, fraud)).or_default() += 1;
@@ -784,9 +874,16 @@ mod tests {
         }
         walk(&full, &mut keys);
         for (name, text) in BUILTINS {
-            let comments: String = text.lines().filter(|l| l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n");
+            let comments: String = text
+                .lines()
+                .filter(|l| l.trim_start().starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n");
             for k in &keys {
-                assert!(comments.contains(k.as_str()), "scenario {name}: knob `{k}` is not explained in its comments");
+                assert!(
+                    comments.contains(k.as_str()),
+                    "scenario {name}: knob `{k}` is not explained in its comments"
+                );
             }
         }
     }
@@ -805,7 +902,10 @@ mod tests {
     fn load_reports_missing_files() {
         let e = Scenario::load("/nonexistent/scenario.toml").unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("/nonexistent/scenario.toml") && msg.contains("default"), "{msg}");
+        assert!(
+            msg.contains("/nonexistent/scenario.toml") && msg.contains("default"),
+            "{msg}"
+        );
     }
 
     #[test]

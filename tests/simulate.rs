@@ -60,7 +60,10 @@ fn adding_a_crew_leaves_everyone_else_alone() {
     };
     let base = strip(generate(&s, 7, START));
     let with = strip(generate(&more, 7, START));
-    assert_eq!(base, with, "the other actors' traffic must not change when a crew is added");
+    assert_eq!(
+        base, with,
+        "the other actors' traffic must not change when a crew is added"
+    );
 }
 
 #[test]
@@ -103,7 +106,11 @@ fn events_follow_the_contract() {
             other => panic!("not a route of the reference API: {other:?}"),
         };
         if e.method == "POST" {
-            let body = e.body.as_ref().and_then(|b| b.as_object()).expect("POST has a JSON object body");
+            let body = e
+                .body
+                .as_ref()
+                .and_then(|b| b.as_object())
+                .expect("POST has a JSON object body");
             for f in required {
                 assert!(body.contains_key(*f), "{} lacks {f}: {line}", e.path);
             }
@@ -130,10 +137,18 @@ fn legitimate_clients_look_like_wechat_and_scripts_do_not() {
     }
     assert!(legit > 1000);
     let scripts: Vec<&Event> = events.iter().filter(|e| kind(e) == "script").collect();
-    assert!(scripts.iter().all(|e| e.method == "POST"), "scripts skip the browsing funnel");
-    assert!(scripts.iter().all(|e| !e.header("user-agent").is_some_and(|u| u.ends_with("miniProgram"))));
+    assert!(
+        scripts.iter().all(|e| e.method == "POST"),
+        "scripts skip the browsing funnel"
+    );
+    assert!(scripts
+        .iter()
+        .all(|e| !e.header("user-agent").is_some_and(|u| u.ends_with("miniProgram"))));
     // Machine-regular timing: inter-arrival spread tiny next to the period.
-    let gaps: Vec<i64> = scripts.windows(2).map(|w| w[1].ts_ms as i64 - w[0].ts_ms as i64).collect();
+    let gaps: Vec<i64> = scripts
+        .windows(2)
+        .map(|w| w[1].ts_ms as i64 - w[0].ts_ms as i64)
+        .collect();
     let mean = gaps.iter().sum::<i64>() as f64 / gaps.len() as f64;
     let sd = (gaps.iter().map(|g| (*g as f64 - mean).powi(2)).sum::<f64>() / gaps.len() as f64).sqrt();
     assert!(sd < mean * 0.1, "script timing regular: mean {mean} sd {sd}");
@@ -166,14 +181,30 @@ fn device_farm_has_many_accounts_on_few_devices() {
         let mine: Vec<&Event> = events.iter().filter(|e| actor(e) == name).collect();
         let users: BTreeSet<&str> = mine.iter().filter_map(|e| e.header("x-user-id")).collect();
         let devices: BTreeSet<&str> = mine.iter().filter_map(|e| e.header("x-device-id")).collect();
-        assert!(users.len() >= s.attacks.device_farm.size[0] as usize - 2, "{name}: {} accounts", users.len());
-        assert!(devices.len() <= s.attacks.device_farm.devices[1] as usize, "{name}: {} devices", devices.len());
-        assert!(users.len() >= 4 * devices.len(), "{name}: {} accounts on {} devices", users.len(), devices.len());
+        assert!(
+            users.len() >= s.attacks.device_farm.size[0] as usize - 2,
+            "{name}: {} accounts",
+            users.len()
+        );
+        assert!(
+            devices.len() <= s.attacks.device_farm.devices[1] as usize,
+            "{name}: {} devices",
+            devices.len()
+        );
+        assert!(
+            users.len() >= 4 * devices.len(),
+            "{name}: {} accounts on {} devices",
+            users.len(),
+            devices.len()
+        );
     }
     // Legit people, by contrast, use one or two devices.
     let mut per_user: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for e in events.iter().filter(|e| kind(e) == "normal") {
-        per_user.entry(e.header("x-user-id").unwrap()).or_default().insert(e.header("x-device-id").unwrap());
+        per_user
+            .entry(e.header("x-user-id").unwrap())
+            .or_default()
+            .insert(e.header("x-device-id").unwrap());
     }
     assert!(per_user.values().all(|d| d.len() <= 2));
 }
@@ -184,8 +215,11 @@ fn device_spoofing_has_one_user_agent_and_a_device_per_account() {
     let mine: Vec<&Event> = events.iter().filter(|e| kind(e) == "device_spoofing").collect();
     let users: BTreeSet<&str> = mine.iter().filter_map(|e| e.header("x-user-id")).collect();
     let devices: BTreeSet<&str> = mine.iter().filter_map(|e| e.header("x-device-id")).collect();
-    let uas: BTreeSet<String> =
-        mine.iter().filter_map(|e| e.header("user-agent")).map(|u| u.replace("NetType/4G", "NetType/WIFI")).collect();
+    let uas: BTreeSet<String> = mine
+        .iter()
+        .filter_map(|e| e.header("user-agent"))
+        .map(|u| u.replace("NetType/4G", "NetType/WIFI"))
+        .collect();
     assert_eq!(users.len(), devices.len());
     assert_eq!(uas.len(), 1, "one model, one user agent: {uas:?}");
 }
@@ -196,7 +230,12 @@ fn ip_rotation_changes_address_every_request_on_few_devices() {
     let mine: Vec<&Event> = events.iter().filter(|e| kind(e) == "ip_rotation").collect();
     let ips: BTreeSet<_> = mine.iter().map(|e| e.client_ip).collect();
     let devices: BTreeSet<&str> = mine.iter().filter_map(|e| e.header("x-device-id")).collect();
-    assert!(ips.len() * 10 >= mine.len() * 9, "{} addresses for {} requests", ips.len(), mine.len());
+    assert!(
+        ips.len() * 10 >= mine.len() * 9,
+        "{} addresses for {} requests",
+        ips.len(),
+        mine.len()
+    );
     assert!(devices.len() <= 4);
 }
 
@@ -207,8 +246,14 @@ fn referral_ring_closes_a_cycle() {
     for crew in 0..s.attacks.referral_ring.crews {
         let name = format!("referral_ring-{crew}");
         let mut edges: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for e in events.iter().filter(|e| actor(e) == name && e.path == "/api/referral/assist") {
-            edges.entry(e.header("x-user-id").unwrap()).or_default().insert(body_str(e, "inviter_id").unwrap());
+        for e in events
+            .iter()
+            .filter(|e| actor(e) == name && e.path == "/api/referral/assist")
+        {
+            edges
+                .entry(e.header("x-user-id").unwrap())
+                .or_default()
+                .insert(body_str(e, "inviter_id").unwrap());
         }
         // Follow assists from some member: a self-invite ring comes back to where it started.
         let found = edges.keys().any(|&start| {
@@ -228,8 +273,11 @@ fn referral_ring_closes_a_cycle() {
         });
         assert!(found, "{name}: no assist cycle in {edges:?}");
         // Invitees share devices with the ring.
-        let ring_devices: BTreeSet<&str> =
-            events.iter().filter(|e| actor(e) == name).filter_map(|e| e.header("x-device-id")).collect();
+        let ring_devices: BTreeSet<&str> = events
+            .iter()
+            .filter(|e| actor(e) == name)
+            .filter_map(|e| e.header("x-device-id"))
+            .collect();
         assert!(ring_devices.len() <= s.attacks.referral_ring.devices[1] as usize);
     }
 }
@@ -239,15 +287,23 @@ fn fake_orders_sit_just_above_the_threshold_and_share_addresses() {
     let s = small();
     let events = generate(&s, 31, START);
     let band = s.attacks.fake_order.amount;
-    let orders: Vec<&Event> =
-        events.iter().filter(|e| kind(e) == "fake_order" && e.path == "/api/order/submit").collect();
+    let orders: Vec<&Event> = events
+        .iter()
+        .filter(|e| kind(e) == "fake_order" && e.path == "/api/order/submit")
+        .collect();
     assert!(!orders.is_empty());
     let mut users = BTreeSet::new();
     let mut addresses = BTreeSet::new();
     for e in &orders {
         let amount = e.body.as_ref().unwrap()["amount"].as_f64().unwrap();
-        assert!(amount >= band[0] && amount <= band[1], "amount {amount} outside {band:?}");
-        assert!((amount * 100.0 - (amount * 100.0).round()).abs() < 1e-6, "cents: {amount}");
+        assert!(
+            amount >= band[0] && amount <= band[1],
+            "amount {amount} outside {band:?}"
+        );
+        assert!(
+            (amount * 100.0 - (amount * 100.0).round()).abs() < 1e-6,
+            "cents: {amount}"
+        );
         assert_eq!(body_str(e, "coupon_id"), Some(s.campaign.threshold_coupon.as_str()));
         users.insert(e.header("x-user-id").unwrap());
         addresses.insert(body_str(e, "address_hash").unwrap());
@@ -261,14 +317,20 @@ fn fake_orders_sit_just_above_the_threshold_and_share_addresses() {
         .map(|e| e.body.as_ref().unwrap()["amount"].as_f64().unwrap())
         .collect();
     let (lo, hi) = legit.iter().fold((f64::MAX, 0f64), |(l, h), &a| (l.min(a), h.max(a)));
-    assert!(legit.len() > 20 && lo < 30.0 && hi > 200.0, "{} legit orders in [{lo}, {hi}]", legit.len());
+    assert!(
+        legit.len() > 20 && lo < 30.0 && hi > 200.0,
+        "{} legit orders in [{lo}, {hi}]",
+        legit.len()
+    );
 }
 
 #[test]
 fn crowdsourced_helpers_assist_one_inviter_in_a_burst() {
     let events = generate(&small(), 41, START);
-    let assists: Vec<&Event> =
-        events.iter().filter(|e| kind(e) == "crowdsourced" && e.path == "/api/referral/assist").collect();
+    let assists: Vec<&Event> = events
+        .iter()
+        .filter(|e| kind(e) == "crowdsourced" && e.path == "/api/referral/assist")
+        .collect();
     let inviters: BTreeSet<&str> = assists.iter().map(|e| body_str(e, "inviter_id").unwrap()).collect();
     let devices: BTreeSet<&str> = assists.iter().filter_map(|e| e.header("x-device-id")).collect();
     assert_eq!(inviters.len(), 1);
@@ -289,11 +351,18 @@ fn low_and_slow_accounts_age_before_claiming() {
     let events = generate(&s, 51, START);
     let age_end = START + (s.attacks.low_and_slow.age_fraction * s.time.duration_s as f64 * 1000.0) as u64;
     let mine: Vec<&Event> = events.iter().filter(|e| kind(e) == "low_and_slow").collect();
-    let early: BTreeSet<&str> = mine.iter().filter(|e| e.ts_ms < age_end).map(|e| e.header("x-user-id").unwrap()).collect();
+    let early: BTreeSet<&str> = mine
+        .iter()
+        .filter(|e| e.ts_ms < age_end)
+        .map(|e| e.header("x-user-id").unwrap())
+        .collect();
     let claims: Vec<&&Event> = mine.iter().filter(|e| e.path == "/api/coupon/claim").collect();
     assert!(!claims.is_empty());
     assert!(claims.iter().all(|e| e.ts_ms >= age_end), "claims only after ageing");
-    assert!(claims.iter().all(|e| early.contains(e.header("x-user-id").unwrap())), "claimers were seen early");
+    assert!(
+        claims.iter().all(|e| early.contains(e.header("x-user-id").unwrap())),
+        "claimers were seen early"
+    );
 }
 
 #[test]
@@ -310,7 +379,10 @@ fn legit_users_browse_before_they_claim() {
             browsed += seen.contains(u) as usize;
         }
     }
-    assert!(claims > 50 && browsed == claims, "{browsed} of {claims} claims after browsing");
+    assert!(
+        claims > 50 && browsed == claims,
+        "{browsed} of {claims} claims after browsing"
+    );
 }
 
 #[test]
@@ -318,7 +390,10 @@ fn retries_resend_the_same_body_with_a_new_request_id() {
     let events = generate(&small(), 71, START);
     let mut by_body: BTreeMap<(String, String), Vec<&Event>> = BTreeMap::new();
     for e in events.iter().filter(|e| kind(e) == "retry" && e.method == "POST") {
-        let key = (e.header("x-user-id").unwrap().to_string(), serde_json::to_string(&e.body).unwrap());
+        let key = (
+            e.header("x-user-id").unwrap().to_string(),
+            serde_json::to_string(&e.body).unwrap(),
+        );
         by_body.entry(key).or_default().push(e);
     }
     let retried: Vec<&Vec<&Event>> = by_body.values().filter(|v| v.len() > 1).collect();
@@ -347,7 +422,9 @@ fn unknown_keys_are_refused_by_name() {
     let err = Scenario::from_toml(text).unwrap_err().to_string();
     assert!(err.contains("sizes"), "{err}");
     assert!(err.contains("line 4"), "{err}");
-    let err = Scenario::from_toml("name = \"x\"\nfraud_share = 0.1\n").unwrap_err().to_string();
+    let err = Scenario::from_toml("name = \"x\"\nfraud_share = 0.1\n")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("fraud_share"), "{err}");
 }
 
@@ -381,11 +458,19 @@ fn fraud_share(events: &[Event]) -> f64 {
 #[test]
 fn builtin_sizes() {
     let small_events = generate(&small(), 1, START);
-    assert!((2000..=5000).contains(&small_events.len()), "small: {}", small_events.len());
+    assert!(
+        (2000..=5000).contains(&small_events.len()),
+        "small: {}",
+        small_events.len()
+    );
     let demo = Scenario::builtin("demo").unwrap();
     let demo_events = generate(&demo, 1, START);
     assert_eq!(demo.time.duration_s, 50);
-    assert!((3000..=6000).contains(&demo_events.len()), "demo: {}", demo_events.len());
+    assert!(
+        (3000..=6000).contains(&demo_events.len()),
+        "demo: {}",
+        demo_events.len()
+    );
     for (name, events) in [("small", &small_events), ("demo", &demo_events)] {
         let f = fraud_share(events);
         assert!((0.08..0.40).contains(&f), "{name}: fraud share {f}");
@@ -417,7 +502,7 @@ fn default_scenario_size_mix_and_speed() {
     assert!((150_000..=300_000).contains(&events.len()), "default: {}", events.len());
     let f = fraud_share(&events);
     assert!((0.10..=0.20).contains(&f), "default: fraud share {f}");
-    assert_eq!(events.last().unwrap().ts_ms - START < s.time.duration_s * 1000, true);
+    assert!(events.last().unwrap().ts_ms - START < s.time.duration_s * 1000);
 }
 
 #[test]

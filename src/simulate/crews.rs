@@ -5,8 +5,8 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::world::{
-    cloud, hex, label, mobile_v4, mobile_v6, pick, proxy, residential, residential_in, Account, Actor, Call, Ctx, Device,
-    Sink, Net, Who,
+    cloud, hex, label, mobile_v4, mobile_v6, pick, proxy, residential, residential_in, Account, Actor, Call, Ctx,
+    Device, Net, Sink, Who,
 };
 
 pub(crate) fn generate(ctx: &Ctx, out: &mut Sink) {
@@ -64,20 +64,32 @@ fn device_farm(ctx: &Ctx, i: u64, out: &mut Sink) {
     let base = Device::phone(&mut a.rng).latest();
     let same_model = a.rng.random_bool(0.7);
     let devices: Vec<Device> = (0..n_dev)
-        .map(|_| if same_model { base.sibling(&mut a.rng) } else { Device::phone(&mut a.rng).latest() })
+        .map(|_| {
+            if same_model {
+                base.sibling(&mut a.rng)
+            } else {
+                Device::phone(&mut a.rng).latest()
+            }
+        })
         .collect();
     let accs = accounts(&mut a, n_acc, skill);
     let wifi = a.rng.random_bool(0.6);
     let line = residential(&mut a.rng);
     let campaign = ctx.campaign(&mut a.rng);
     let coupons = &ctx.sc.campaign.coupons;
-    let mut waves: Vec<u64> = (0..pick(&mut a.rng, spec.waves)).map(|_| ctx.in_window(&mut a.rng, spec.window)).collect();
+    let mut waves: Vec<u64> = (0..pick(&mut a.rng, spec.waves))
+        .map(|_| ctx.in_window(&mut a.rng, spec.window))
+        .collect();
     waves.sort_unstable();
     for (w, &start) in waves.iter().enumerate() {
         let coupon = &coupons[w % coupons.len()];
         for (d, dev) in devices.iter().enumerate() {
             let mut t = start + ctx.paced(&mut a.rng, [0.0, 10.0]);
-            let (ip, net) = if wifi { (line, Net::Wifi) } else { (mobile_v4(&mut a.rng), Net::cellular(&mut a.rng)) };
+            let (ip, net) = if wifi {
+                (line, Net::Wifi)
+            } else {
+                (mobile_v4(&mut a.rng), Net::cellular(&mut a.rng))
+            };
             for acc in accs.iter().skip(d).step_by(n_dev) {
                 let who = Who { acc, dev, ip, net };
                 if a.rng.random_bool(0.3 + 0.6 * skill) {
@@ -112,7 +124,9 @@ fn device_spoofing(ctx: &Ctx, i: u64, out: &mut Sink) {
     // Cheap tools generate ids with a recognisable common prefix.
     let prefix = (skill < 0.4).then(|| hex(&mut a.rng, 8));
     let sub: u8 = a.rng.random();
-    let lines: Vec<_> = (0..a.rng.random_range(1..=3)).map(|_| residential_in(sub, &mut a.rng)).collect();
+    let lines: Vec<_> = (0..a.rng.random_range(1..=3))
+        .map(|_| residential_in(sub, &mut a.rng))
+        .collect();
     let n = pick(&mut a.rng, spec.size);
     let accs = accounts(&mut a, n, 0.9 + 0.1 * skill);
     let campaign = ctx.campaign(&mut a.rng);
@@ -128,7 +142,12 @@ fn device_spoofing(ctx: &Ctx, i: u64, out: &mut Sink) {
         } else {
             (lines[k % lines.len()], Net::Wifi)
         };
-        let who = Who { acc, dev: &dev, ip, net };
+        let who = Who {
+            acc,
+            dev: &dev,
+            ip,
+            net,
+        };
         if a.rng.random_bool(0.2 + 0.6 * skill) {
             a.emit(t, who, campaign, Call::Detail, &lab);
             t += ctx.paced(&mut a.rng, [2.0, 6.0]);
@@ -199,8 +218,23 @@ fn script(ctx: &Ctx, i: u64, out: &mut Sink) {
             _ => Some(hex(&mut a.rng, 32)),
         };
         let ip = ips[(k / 7) % ips.len()];
-        a.emit(t, Who { acc, dev: &dev, ip, net: Net::Wifi }, campaign, call, &lab);
-        let j = if jitter > 0 { a.rng.random_range(-jitter..=jitter) } else { 0 };
+        a.emit(
+            t,
+            Who {
+                acc,
+                dev: &dev,
+                ip,
+                net: Net::Wifi,
+            },
+            campaign,
+            call,
+            &lab,
+        );
+        let j = if jitter > 0 {
+            a.rng.random_range(-jitter..=jitter)
+        } else {
+            0
+        };
         t = (t as i64 + period as i64 + j).max(t as i64 + 1) as u64;
         if t >= ctx.dur_ms {
             break;
@@ -222,27 +256,77 @@ fn ip_rotation(ctx: &Ctx, i: u64, out: &mut Sink) {
     let campaign = ctx.campaign(&mut a.rng);
     let dial_up = a.rng.random_bool(0.6);
     let mut t = ctx.in_window(&mut a.rng, spec.window);
-    let fresh = |a: &mut Actor| if dial_up { residential(&mut a.rng) } else { proxy(&mut a.rng) };
+    let fresh = |a: &mut Actor| {
+        if dial_up {
+            residential(&mut a.rng)
+        } else {
+            proxy(&mut a.rng)
+        }
+    };
     for (k, acc) in accs.iter().enumerate() {
         let dev = &devices[k % n_dev];
         if a.rng.random_bool(0.4 + 0.5 * skill) {
             let ip = fresh(&mut a);
-            a.emit(t, Who { acc, dev, ip, net: Net::Wifi }, campaign, Call::Detail, &lab);
+            a.emit(
+                t,
+                Who {
+                    acc,
+                    dev,
+                    ip,
+                    net: Net::Wifi,
+                },
+                campaign,
+                Call::Detail,
+                &lab,
+            );
             t += ctx.paced(&mut a.rng, [2.0, 8.0]);
         }
         let ip = fresh(&mut a);
         let coupon = &ctx.sc.campaign.coupons[k % ctx.sc.campaign.coupons.len()];
-        a.emit(t, Who { acc, dev, ip, net: Net::Wifi }, campaign, Call::Claim(coupon), &lab);
+        a.emit(
+            t,
+            Who {
+                acc,
+                dev,
+                ip,
+                net: Net::Wifi,
+            },
+            campaign,
+            Call::Claim(coupon),
+            &lab,
+        );
         t += ctx.paced(&mut a.rng, [1.0, 4.0]);
         if a.rng.random_bool(0.6) {
             let ip = fresh(&mut a);
             let packet = ctx.packet(&mut a.rng);
-            a.emit(t, Who { acc, dev, ip, net: Net::Wifi }, campaign, Call::Packet(packet), &lab);
+            a.emit(
+                t,
+                Who {
+                    acc,
+                    dev,
+                    ip,
+                    net: Net::Wifi,
+                },
+                campaign,
+                Call::Packet(packet),
+                &lab,
+            );
             t += ctx.paced(&mut a.rng, [1.0, 4.0]);
         }
         if a.rng.random_bool(0.3) {
             let ip = fresh(&mut a);
-            a.emit(t, Who { acc, dev, ip, net: Net::Wifi }, campaign, Call::Checkin, &lab);
+            a.emit(
+                t,
+                Who {
+                    acc,
+                    dev,
+                    ip,
+                    net: Net::Wifi,
+                },
+                campaign,
+                Call::Checkin,
+                &lab,
+            );
         }
         t += ctx.paced(&mut a.rng, spec.gap_s);
     }
@@ -266,12 +350,28 @@ fn referral_ring(ctx: &Ctx, i: u64, out: &mut Sink) {
     let step = |a: &mut Actor| ctx.paced(&mut a.rng, spec.step_s) / 3 + 200;
     for (k, acc) in members.iter().enumerate() {
         let ip = residential_in(sub, &mut a.rng);
-        a.emit(t, Who { acc, dev: &devices[k % n_dev], ip, net: Net::Wifi }, campaign, Call::Detail, &lab);
+        a.emit(
+            t,
+            Who {
+                acc,
+                dev: &devices[k % n_dev],
+                ip,
+                net: Net::Wifi,
+            },
+            campaign,
+            Call::Detail,
+            &lab,
+        );
         t += step(&mut a);
     }
     for k in 0..m {
         let ip = residential_in(sub, &mut a.rng);
-        let who = Who { acc: &members[k], dev: &devices[k % n_dev], ip, net: Net::Wifi };
+        let who = Who {
+            acc: &members[k],
+            dev: &devices[k % n_dev],
+            ip,
+            net: Net::Wifi,
+        };
         a.emit(t, who, campaign, Call::Assist(&members[(k + 1) % m].user), &lab);
         t += step(&mut a);
         if a.rng.random_bool(0.5 * (1.0 - skill)) {
@@ -285,9 +385,18 @@ fn referral_ring(ctx: &Ctx, i: u64, out: &mut Sink) {
             let mut invitee = Account::new(ctx, a.stream, next, &mut a.rng);
             next += 1;
             invitee.phone = Some(hex(&mut a.rng, 32));
-            let dev = if a.rng.random_bool(0.7) { &devices[k % n_dev] } else { &devices[a.rng.random_range(0..n_dev)] };
+            let dev = if a.rng.random_bool(0.7) {
+                &devices[k % n_dev]
+            } else {
+                &devices[a.rng.random_range(0..n_dev)]
+            };
             let ip = residential_in(sub, &mut a.rng);
-            let who = Who { acc: &invitee, dev, ip, net: Net::Wifi };
+            let who = Who {
+                acc: &invitee,
+                dev,
+                ip,
+                net: Net::Wifi,
+            };
             if a.rng.random_bool(0.5) {
                 a.emit(t, who, campaign, Call::Detail, &lab);
                 t += ctx.paced(&mut a.rng, [2.0, 6.0]);
@@ -299,7 +408,18 @@ fn referral_ring(ctx: &Ctx, i: u64, out: &mut Sink) {
     let reward = &ctx.sc.campaign.referral_reward;
     for (k, acc) in members.iter().enumerate() {
         let ip = residential_in(sub, &mut a.rng);
-        a.emit(t, Who { acc, dev: &devices[k % n_dev], ip, net: Net::Wifi }, campaign, Call::Claim(reward), &lab);
+        a.emit(
+            t,
+            Who {
+                acc,
+                dev: &devices[k % n_dev],
+                ip,
+                net: Net::Wifi,
+            },
+            campaign,
+            Call::Claim(reward),
+            &lab,
+        );
         t += step(&mut a);
     }
 }
@@ -311,8 +431,12 @@ fn fake_order(ctx: &Ctx, i: u64, out: &mut Sink) {
     let mut a = Actor::new(ctx, "fake_order", i, out);
     let lab = label(true, "fake_order", format!("fake_order-{i}"));
     let skill: f64 = a.rng.random();
-    let addresses: Vec<String> = (0..pick(&mut a.rng, spec.addresses)).map(|_| hex(&mut a.rng, 16)).collect();
-    let pays: Vec<String> = (0..pick(&mut a.rng, spec.pay_accounts)).map(|_| hex(&mut a.rng, 16)).collect();
+    let addresses: Vec<String> = (0..pick(&mut a.rng, spec.addresses))
+        .map(|_| hex(&mut a.rng, 16))
+        .collect();
+    let pays: Vec<String> = (0..pick(&mut a.rng, spec.pay_accounts))
+        .map(|_| hex(&mut a.rng, 16))
+        .collect();
     let n = pick(&mut a.rng, spec.size);
     let n_dev = (n as usize / a.rng.random_range(2..=5)).max(1);
     let devices: Vec<Device> = (0..n_dev).map(|_| Device::phone(&mut a.rng).latest()).collect();
@@ -324,14 +448,22 @@ fn fake_order(ctx: &Ctx, i: u64, out: &mut Sink) {
     }
     let campaign = ctx.campaign(&mut a.rng);
     let coupon = ctx.sc.campaign.threshold_coupon.as_str();
-    let (lo, hi) = ((spec.amount[0] * 100.0).ceil() as u64, (spec.amount[1] * 100.0).floor() as u64);
+    let (lo, hi) = (
+        (spec.amount[0] * 100.0).ceil() as u64,
+        (spec.amount[1] * 100.0).floor() as u64,
+    );
     // One operator per phone, working through their accounts in parallel.
     let start = ctx.in_window(&mut a.rng, spec.window);
     for (d, dev) in devices.iter().enumerate() {
         let mut t = start + ctx.paced(&mut a.rng, [0.0, 30.0]);
         for acc in accs.iter().skip(d).step_by(n_dev) {
             let ip = residential_in(sub, &mut a.rng);
-            let who = Who { acc, dev, ip, net: Net::Wifi };
+            let who = Who {
+                acc,
+                dev,
+                ip,
+                net: Net::Wifi,
+            };
             a.emit(t, who, campaign, Call::Detail, &lab);
             t += ctx.paced(&mut a.rng, [3.0, 15.0]);
             if a.rng.random_bool(0.3 + 0.6 * skill) {
@@ -342,8 +474,21 @@ fn fake_order(ctx: &Ctx, i: u64, out: &mut Sink) {
             a.emit(t, who, campaign, Call::Claim(coupon), &lab);
             t += ctx.paced(&mut a.rng, [3.0, 20.0]);
             for _ in 0..pick(&mut a.rng, spec.orders) {
-                let cents = if hi > lo { a.rng.random_range(lo..=hi) } else { lo.max(hi) };
-                a.emit(t, who, campaign, Call::Order { amount: cents as f64 / 100.0, coupon: Some(coupon) }, &lab);
+                let cents = if hi > lo {
+                    a.rng.random_range(lo..=hi)
+                } else {
+                    lo.max(hi)
+                };
+                a.emit(
+                    t,
+                    who,
+                    campaign,
+                    Call::Order {
+                        amount: cents as f64 / 100.0,
+                        coupon: Some(coupon),
+                    },
+                    &lab,
+                );
                 t += ctx.paced(&mut a.rng, [10.0, 60.0]);
             }
             t += ctx.paced(&mut a.rng, spec.gap_s);
@@ -374,7 +519,12 @@ fn low_and_slow(ctx: &Ctx, i: u64, out: &mut Sink) {
     for acc in &accs {
         for _ in 0..a.rng.random_range(1..=2) {
             let (d, ip) = where_from(&mut a);
-            let who = Who { acc, dev: &devices[d], ip, net: Net::Wifi };
+            let who = Who {
+                acc,
+                dev: &devices[d],
+                ip,
+                net: Net::Wifi,
+            };
             let mut t = ctx.when(&mut a.rng, 0, age_end);
             a.emit(t, who, campaign, Call::Detail, &lab);
             for _ in 0..a.rng.random_range(1..=3) {
@@ -393,7 +543,12 @@ fn low_and_slow(ctx: &Ctx, i: u64, out: &mut Sink) {
     let mut t = age_end + ctx.paced(&mut a.rng, [0.0, 120.0]);
     for acc in &accs {
         let (d, ip) = where_from(&mut a);
-        let who = Who { acc, dev: &devices[d], ip, net: Net::Wifi };
+        let who = Who {
+            acc,
+            dev: &devices[d],
+            ip,
+            net: Net::Wifi,
+        };
         let mut s = t;
         a.emit(s, who, campaign, Call::Detail, &lab);
         s += ctx.think(&mut a.rng);
@@ -428,7 +583,12 @@ fn crowdsourced(ctx: &Ctx, i: u64, out: &mut Sink) {
     let boss_ip = residential(&mut a.rng);
     let campaign = ctx.campaign(&mut a.rng);
     let share = ctx.in_window(&mut a.rng, spec.window);
-    let boss_who = Who { acc: &boss, dev: &boss_dev, ip: boss_ip, net: Net::Wifi };
+    let boss_who = Who {
+        acc: &boss,
+        dev: &boss_dev,
+        ip: boss_ip,
+        net: Net::Wifi,
+    };
     a.emit(share, boss_who, campaign, Call::Detail, &lab);
     let burst_at = share + ctx.paced(&mut a.rng, spec.lull_s);
     let burst = ctx.paced(&mut a.rng, spec.burst_s);
@@ -440,7 +600,12 @@ fn crowdsourced(ctx: &Ctx, i: u64, out: &mut Sink) {
             1 => (mobile_v6(&mut a.rng), Net::cellular(&mut a.rng)),
             _ => (mobile_v4(&mut a.rng), Net::cellular(&mut a.rng)),
         };
-        let who = Who { acc: &helper, dev: &dev, ip, net };
+        let who = Who {
+            acc: &helper,
+            dev: &dev,
+            ip,
+            net,
+        };
         // Front-loaded: most helpers grab the task as soon as it is posted.
         let u: f64 = a.rng.random();
         let mut t = burst_at + (u * u * burst as f64) as u64;
@@ -451,5 +616,11 @@ fn crowdsourced(ctx: &Ctx, i: u64, out: &mut Sink) {
         a.emit(t, who, campaign, Call::Assist(&boss.user), &lab);
     }
     let t = burst_at + burst + ctx.paced(&mut a.rng, [30.0, 300.0]);
-    a.emit(t, boss_who, campaign, Call::Claim(&ctx.sc.campaign.referral_reward), &lab);
+    a.emit(
+        t,
+        boss_who,
+        campaign,
+        Call::Claim(&ctx.sc.campaign.referral_reward),
+        &lab,
+    );
 }

@@ -11,7 +11,7 @@ use rand_distr::{Distribution, LogNormal};
 
 use super::world::{
     label, mix, mobile_v4, mobile_v6, office_host, openid, pick, residential, stream_id, Account, Actor, Call, Ctx,
-    Device, Sink, Net, Who,
+    Device, Net, Sink, Who,
 };
 use crate::event::Label;
 
@@ -46,7 +46,10 @@ enum Home {
     Broadband(IpAddr),
     /// Always cellular, behind the carrier NAT.
     Nat,
-    Office { office: u32, host: u8 },
+    Office {
+        office: u32,
+        host: u8,
+    },
 }
 
 /// One legitimate account with its devices and habits.
@@ -79,16 +82,30 @@ impl Person {
             devices.push(Device::phone(&mut a.rng));
         }
         let checks_in = a.rng.random_bool(ctx.sc.behaviour.checkin_prob);
-        Person { acc, devices, home, mobile_share, retry: false, checks_in }
+        Person {
+            acc,
+            devices,
+            home,
+            mobile_share,
+            retry: false,
+            checks_in,
+        }
     }
 
     fn connect(&self, a: &mut Actor) -> (IpAddr, Net) {
         let ctx = a.ctx;
         let rng = &mut a.rng;
         match self.home {
-            Home::Nat => (ctx.nat_pool[rng.random_range(0..ctx.nat_pool.len())], Net::cellular(rng)),
+            Home::Nat => (
+                ctx.nat_pool[rng.random_range(0..ctx.nat_pool.len())],
+                Net::cellular(rng),
+            ),
             _ if rng.random_bool(self.mobile_share) => {
-                let ip = if rng.random_bool(ctx.sc.behaviour.ipv6_share) { mobile_v6(rng) } else { mobile_v4(rng) };
+                let ip = if rng.random_bool(ctx.sc.behaviour.ipv6_share) {
+                    mobile_v6(rng)
+                } else {
+                    mobile_v4(rng)
+                };
                 (ip, Net::cellular(rng))
             }
             Home::Broadband(ip) => (ip, Net::Wifi),
@@ -102,7 +119,11 @@ impl Person {
 fn post(a: &mut Actor, p: &Person, t: u64, who: Who<'_>, campaign: &str, call: Call<'_>, label: &Label) -> u64 {
     let ev = a.build(who, campaign, call, label);
     let mut last = t;
-    let copies = if p.retry && a.rng.random_bool(0.6) { pick(&mut a.rng, a.ctx.sc.behaviour.retries) } else { 0 };
+    let copies = if p.retry && a.rng.random_bool(0.6) {
+        pick(&mut a.rng, a.ctx.sc.behaviour.retries)
+    } else {
+        0
+    };
     a.push(t, ev.clone());
     for _ in 0..copies {
         last += a.rng.random_range(600..5000);
@@ -126,9 +147,22 @@ fn session(a: &mut Actor, p: &Person, done: &mut Done, t0: u64, label: &Label, f
     let sc = ctx.sc;
     let b = &sc.behaviour;
     let (ip, net) = p.connect(a);
-    let dev = if p.devices.len() > 1 && a.rng.random_bool(0.3) { &p.devices[1] } else { &p.devices[0] };
-    let who = Who { acc: &p.acc, dev, ip, net };
-    let campaign = if flash { sc.campaign.ids[0].as_str() } else { ctx.campaign(&mut a.rng) };
+    let dev = if p.devices.len() > 1 && a.rng.random_bool(0.3) {
+        &p.devices[1]
+    } else {
+        &p.devices[0]
+    };
+    let who = Who {
+        acc: &p.acc,
+        dev,
+        ip,
+        net,
+    };
+    let campaign = if flash {
+        sc.campaign.ids[0].as_str()
+    } else {
+        ctx.campaign(&mut a.rng)
+    };
     let mut t = t0;
     a.emit(t, who, campaign, Call::Detail, label);
     if flash {
@@ -180,8 +214,16 @@ fn session(a: &mut Actor, p: &Person, done: &mut Done, t0: u64, label: &Label, f
         a.emit(t, who, campaign, Call::Item(item), label);
         t += ctx.think(&mut a.rng);
         let amount = order_amount(a);
-        let has_threshold = sc.campaign.coupons.iter().zip(&done.claimed).any(|(c, &d)| d && *c == sc.campaign.threshold_coupon);
-        let coupon = if amount >= sc.campaign.threshold && (has_threshold || a.rng.random_bool(0.3)) && a.rng.random_bool(0.85) {
+        let has_threshold = sc
+            .campaign
+            .coupons
+            .iter()
+            .zip(&done.claimed)
+            .any(|(c, &d)| d && *c == sc.campaign.threshold_coupon);
+        let coupon = if amount >= sc.campaign.threshold
+            && (has_threshold || a.rng.random_bool(0.3))
+            && a.rng.random_bool(0.85)
+        {
             Some(sc.campaign.threshold_coupon.as_str())
         } else {
             None
@@ -217,7 +259,7 @@ fn live(a: &mut Actor, p: &Person, done: &mut Done, starts: &[u64], label: &Labe
 
 /// Whether normal user `i` shares invitations with friends.
 fn is_inviter(ctx: &Ctx, i: u64) -> bool {
-    (mix(ctx.seed ^ mix(i ^ 0x1417_e5)) % 10_000) < (ctx.sc.behaviour.inviter_share * 10_000.0) as u64
+    (mix(ctx.seed ^ mix(i ^ 0x0014_17e5)) % 10_000) < (ctx.sc.behaviour.inviter_share * 10_000.0) as u64
 }
 
 /// A real inviter among normal users, other than `me` (a friend's invitation).
@@ -237,7 +279,10 @@ fn friend_inviter(a: &mut Actor, me: Option<u64>) -> Option<String> {
 }
 
 fn new_done(a: &mut Actor, me: Option<u64>) -> Done {
-    let mut done = Done { claimed: vec![false; a.ctx.sc.campaign.coupons.len()], ..Done::default() };
+    let mut done = Done {
+        claimed: vec![false; a.ctx.sc.campaign.coupons.len()],
+        ..Done::default()
+    };
     if a.rng.random_bool(a.ctx.sc.behaviour.assist_prob) {
         done.assist = friend_inviter(a, me);
     }
@@ -251,7 +296,10 @@ fn single(ctx: &Ctx, segment: &str, i: u64, out: &mut Sink) {
     let lab = label(false, segment, format!("{segment}-{i}"));
     let home = match segment {
         "carrier_nat" => Home::Nat,
-        "office" => Home::Office { office: (i / b.office_size.max(1) as u64) as u32, host: a.rng.random_range(2..=254) },
+        "office" => Home::Office {
+            office: (i / b.office_size.max(1) as u64) as u32,
+            host: a.rng.random_range(2..=254),
+        },
         _ => Home::Broadband(residential(&mut a.rng)),
     };
     let mobile_share = match segment {
@@ -265,7 +313,8 @@ fn single(ctx: &Ctx, segment: &str, i: u64, out: &mut Sink) {
     let mut done = new_done(&mut a, me);
     match segment {
         "flash_surge" => {
-            let at = (b.flash_at_s * 1000.0) as u64 + a.rng.random_range(0..((b.flash_window_s * 1000.0) as u64).max(1));
+            let at =
+                (b.flash_at_s * 1000.0) as u64 + a.rng.random_range(0..((b.flash_window_s * 1000.0) as u64).max(1));
             let end = session(&mut a, &p, &mut done, at, &lab, true);
             if a.rng.random_bool(0.3) {
                 let later = ctx.when(&mut a.rng, end, ctx.dur_ms).max(end + 60_000);
@@ -326,7 +375,10 @@ fn heavy_referrer(ctx: &Ctx, i: u64, out: &mut Sink) {
         let ilab = label(false, "invitee", format!("heavy_referrer-{i}/invitee-{k}"));
         let home = Home::Broadband(residential(&mut a.rng));
         let friend = Person::new(&mut a, k + 1, home, b.mobile_share);
-        let mut fdone = Done { claimed: vec![false; ctx.sc.campaign.coupons.len()], ..Done::default() };
+        let mut fdone = Done {
+            claimed: vec![false; ctx.sc.campaign.coupons.len()],
+            ..Done::default()
+        };
         fdone.assist = Some(p.acc.user.clone());
         let mut at = u64::MAX;
         for _ in 0..8 {

@@ -27,7 +27,9 @@ pub(crate) fn mix(x: u64) -> u64 {
 
 /// FNV-1a of a name: stable across Rust versions and platforms (unlike std's hasher).
 fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The stream id of actor `index` of a segment or attack kind.
@@ -58,15 +60,16 @@ pub(crate) fn hex(rng: &mut impl Rng, n: usize) -> String {
 /// Derived from (seed, stream, k) alone, so that other actors can name a real user (a
 /// friend's inviter) without running that user's generator.
 pub(crate) fn openid(seed: u64, stream: u64, k: u64) -> String {
-    let mut s = mix(mix(seed ^ 0x0bad_cafe) ^ stream ^ mix(k));
+    let base = mix(mix(seed ^ 0x0bad_cafe) ^ stream ^ mix(k));
     let mut out = String::with_capacity(28);
     out.push_str("o6_bmJ");
-    for i in 0..22 {
+    let mut bits = 0;
+    for i in 0..22u64 {
         if i % 10 == 0 {
-            s = mix(s);
+            bits = mix(base.wrapping_add(i));
         }
-        out.push(B64[(s & 63) as usize] as char);
-        s >>= 6;
+        out.push(B64[(bits & 63) as usize] as char);
+        bits >>= 6;
     }
     out
 }
@@ -257,8 +260,13 @@ const XWEB: &[(&str, &str)] = &[
 const MMWEBSDK: &[&str] = &["20231002", "20240301", "20240404", "20240802", "20241103"];
 
 /// The mini program's own releases: (x-app-version, page-frame build in the referer, weight).
-const APP_VERSIONS: &[(&str, u32, u32)] =
-    &[("3.12.1", 187, 55), ("3.12.0", 186, 22), ("3.11.4", 181, 12), ("3.10.2", 175, 8), ("3.9.0", 168, 3)];
+const APP_VERSIONS: &[(&str, u32, u32)] = &[
+    ("3.12.1", 187, 55),
+    ("3.12.0", 186, 22),
+    ("3.11.4", 181, 12),
+    ("3.10.2", 175, 8),
+    ("3.9.0", 168, 3),
+];
 
 /// Releases too old to still be in use: what captured-and-replayed scripts send.
 const STALE_APP_VERSIONS: &[&str] = &["2.9.0", "3.0.1", "3.2.5", "1.0.0"];
@@ -343,7 +351,10 @@ impl Device {
 
     /// The same model, OS and app (one user agent), with a new device id.
     pub(crate) fn sibling(&self, rng: &mut impl Rng) -> Device {
-        Device { id: Some(hex(rng, 32)), ..self.clone() }
+        Device {
+            id: Some(hex(rng, 32)),
+            ..self.clone()
+        }
     }
 
     /// On the latest mini program release (crews keep their tools current).
@@ -366,7 +377,12 @@ impl Device {
         } else {
             STALE_APP_VERSIONS.choose(rng).map(|v| v.to_string())
         };
-        Device { id: None, ua, app_version, referer: None }
+        Device {
+            id: None,
+            ua,
+            app_version,
+            referer: None,
+        }
     }
 }
 
@@ -402,8 +418,8 @@ impl Account {
 /// Relative activity of a mini program by local hour (China): quiet at night, peaks at
 /// lunch and in the evening.
 const DAY_CURVE: [f64; 24] = [
-    0.45, 0.25, 0.15, 0.10, 0.08, 0.10, 0.20, 0.45, 0.65, 0.70, 0.75, 0.85, 1.00, 0.85, 0.70, 0.70, 0.72, 0.78,
-    0.85, 0.95, 1.00, 1.00, 0.85, 0.65,
+    0.45, 0.25, 0.15, 0.10, 0.08, 0.10, 0.20, 0.45, 0.65, 0.70, 0.75, 0.85, 1.00, 0.85, 0.70, 0.70, 0.72, 0.78, 0.85,
+    0.95, 1.00, 1.00, 0.85, 0.65,
 ];
 
 /// Everything the actors share: the scenario, the seed, time, the campaign, the shared
@@ -426,8 +442,18 @@ impl<'s> Ctx<'s> {
         let dur_ms = sc.time.duration_s.saturating_mul(1000).max(1);
         let think = LogNormal::new(sc.time.think_median_s.max(0.01).ln(), sc.time.think_sigma.max(0.0))
             .unwrap_or_else(|_| LogNormal::new(2.0, 0.9).expect("valid"));
-        let zipf = Zipf::new(sc.campaign.items.max(1) as f64, 1.1).unwrap_or_else(|_| Zipf::new(1.0, 1.1).expect("valid"));
-        let mut ctx = Ctx { sc, seed, dur_ms, pace: sc.time.pace, think, zipf, wmax: 1.0, nat_pool: Vec::new() };
+        let zipf =
+            Zipf::new(sc.campaign.items.max(1) as f64, 1.1).unwrap_or_else(|_| Zipf::new(1.0, 1.1).expect("valid"));
+        let mut ctx = Ctx {
+            sc,
+            seed,
+            dur_ms,
+            pace: sc.time.pace,
+            think,
+            zipf,
+            wmax: 1.0,
+            nat_pool: Vec::new(),
+        };
         // The day curve's maximum over the scenario, for rejection sampling.
         let steps = 200u64;
         ctx.wmax = (0..=steps).map(|i| ctx.weight(dur_ms * i / steps)).fold(0.01, f64::max);
@@ -473,7 +499,11 @@ impl<'s> Ctx<'s> {
 
     /// A duration drawn uniformly from a range in seconds, scaled by pace, in ms.
     pub(crate) fn paced(&self, rng: &mut impl Rng, range: [f64; 2]) -> u64 {
-        let s = if range[1] > range[0] { rng.random_range(range[0]..range[1]) } else { range[0] };
+        let s = if range[1] > range[0] {
+            rng.random_range(range[0]..range[1])
+        } else {
+            range[0]
+        };
         ((s * self.pace * 1000.0) as u64).max(50)
     }
 
@@ -616,7 +646,13 @@ pub(crate) struct Actor<'a, 's> {
 impl<'a, 's> Actor<'a, 's> {
     pub(crate) fn new(ctx: &'a Ctx<'s>, kind: &str, index: u64, out: &'a mut Sink) -> Actor<'a, 's> {
         let stream = stream_id(kind, index);
-        Actor { ctx, rng: actor_rng(ctx.seed, stream), stream, seq: 0, out }
+        Actor {
+            ctx,
+            rng: actor_rng(ctx.seed, stream),
+            stream,
+            seq: 0,
+            out,
+        }
     }
 
     /// The event for `call`, without time or request id.
@@ -630,7 +666,12 @@ impl<'a, 's> Actor<'a, 's> {
                 String::new(),
                 Some(json!({"campaign_id": campaign, "coupon_id": coupon})),
             ),
-            Call::Checkin => ("POST", "/api/checkin", String::new(), Some(json!({"campaign_id": campaign}))),
+            Call::Checkin => (
+                "POST",
+                "/api/checkin",
+                String::new(),
+                Some(json!({"campaign_id": campaign})),
+            ),
             Call::Assist(inviter) => (
                 "POST",
                 "/api/referral/assist",
@@ -662,7 +703,10 @@ impl<'a, 's> Actor<'a, 's> {
         if let Some(d) = &who.dev.id {
             headers.insert("x-device-id".to_string(), d.clone());
         }
-        if matches!(call, Call::Claim(_) | Call::Assist(_) | Call::Packet(_) | Call::Order { .. }) {
+        if matches!(
+            call,
+            Call::Claim(_) | Call::Assist(_) | Call::Packet(_) | Call::Order { .. }
+        ) {
             if let Some(p) = &who.acc.phone {
                 headers.insert("x-phone-hash".to_string(), p.clone());
             }
@@ -712,7 +756,11 @@ impl<'a, 's> Actor<'a, 's> {
 
 /// A label.
 pub(crate) fn label(fraud: bool, kind: &str, actor: String) -> Label {
-    Label { fraud, kind: Some(kind.to_string()), actor: Some(actor) }
+    Label {
+        fraud,
+        kind: Some(kind.to_string()),
+        actor: Some(actor),
+    }
 }
 
 #[cfg(test)]
@@ -729,6 +777,11 @@ mod tests {
         assert!(a.starts_with("o6_bmJ"));
         assert_eq!(a, openid(7, stream_id("normal", 1), 0));
         assert_ne!(a, openid(8, stream_id("normal", 1), 0));
+        // No shared tails: every part of the id varies.
+        let tails: std::collections::BTreeSet<String> = (0..200)
+            .map(|k| openid(7, stream_id("normal", k), 0)[16..].to_string())
+            .collect();
+        assert_eq!(tails.len(), 200);
     }
 
     #[test]
@@ -752,7 +805,13 @@ mod tests {
     fn addresses_stay_in_reserved_ranges() {
         let mut rng = actor_rng(3, 4);
         for _ in 0..1000 {
-            for ip in [residential(&mut rng), mobile_v4(&mut rng), proxy(&mut rng), cloud(&mut rng), mobile_v6(&mut rng)] {
+            for ip in [
+                residential(&mut rng),
+                mobile_v4(&mut rng),
+                proxy(&mut rng),
+                cloud(&mut rng),
+                mobile_v6(&mut rng),
+            ] {
                 let ok = match ip {
                     IpAddr::V4(a) => {
                         let o = a.octets();

@@ -12,16 +12,49 @@ use governor::RateLimiter;
 use super::bounded::{BoundedMap, HeapSize};
 use super::window::{DistinctSet, Windows};
 use super::{
-    combine, KeyKind, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats, DISTINCT,
+    combine, KeyKind, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats, COUNTED, DISTINCT,
     DISTINCT_WINDOWS_S,
 };
 
-/// Per identity (global across routes): when it was first seen, and the distinct
-/// members related to it (accounts on a device, devices of an account, …).
+// Tags that derive the keys of derived counters and sets from an identity's key.
+const TAG_BROWSE: u64 = 0xB0;
+const TAG_NEW_USERS: u64 = 0xB1;
+const TAG_NEW_DEVICES: u64 = 0xB2;
+const TAG_NEW_INVITEES: u64 = 0xB3;
+const TAG_ASSISTED: u64 = 0xB4;
+
+/// A member's fingerprint in a distinct set: the top half of its key.
+fn fingerprint(key: u64) -> u32 {
+    (key >> 32) as u32
+}
+
+/// Per identity (global across routes): when it was first seen, the timing of its
+/// requests, and the distinct members related to it (accounts on a device, devices of
+/// an account, invitees of an inviter, …).
 #[derive(Debug, Clone, Default)]
 pub struct IdentityEntry {
     first_seen_ms: u64,
+    last_ms: u64,
+    last_gap_ms: u32,
+    /// Consecutive gaps within 5 % of the previous one: a timer, not a person.
+    regular: u32,
     members: DistinctSet,
+}
+
+impl IdentityEntry {
+    fn time(&mut self, now: u64) {
+        if self.last_ms > 0 && now > self.last_ms {
+            let gap = (now - self.last_ms).min(u64::from(u32::MAX)) as u32;
+            let tolerance = (gap / 20).max(100);
+            if self.last_gap_ms > 0 && gap.abs_diff(self.last_gap_ms) <= tolerance {
+                self.regular = self.regular.saturating_add(1);
+            } else {
+                self.regular /= 2;
+            }
+            self.last_gap_ms = gap;
+        }
+        self.last_ms = self.last_ms.max(now);
+    }
 }
 
 impl HeapSize for IdentityEntry {
@@ -60,43 +93,89 @@ impl MemoryState {
     pub fn observe_now(&self, obs: &Observation) -> Readout {
         let mut out = Readout::default();
         let now = obs.ts_ms;
-        for (i, key) in obs.keys.iter().enumerate() {
-            if let Some(key) = key {
-                out.counts[i] = self.counters.update(combine(*key, obs.route), now, |w, _| w.bump(now));
+        let now_s = (now / 1_000) as u32;
+        let key = |kind: KeyKind| obs.keys[kind as usize];
+        for (i, k) in obs.keys[..COUNTED].iter().enumerate() {
+            if let Some(k) = k {
+                out.counts[i] = self.counters.update(combine(*k, obs.route), now, |w, _| w.bump(now));
             }
         }
-        let now_s = (now / 1_000) as u32;
+
+        // One identity entry per identity: first seen, timing, distinct members.
+        let mut user_new = false;
+        let mut device_new = false;
         for (i, (on, member)) in DISTINCT.iter().enumerate() {
-            let (Some(on_key), Some(member_key)) = (obs.keys[*on as usize], obs.keys[*member as usize]) else {
-                continue;
-            };
-            // Fingerprints are the hash's top half; the entry key differs from the
-            // counters' (no route mixed in), so the two tables never collide.
-            let fp = (member_key >> 32) as u32;
-            let (counts, age) = self.identities.update(on_key, now, |e, new| {
+            let Some(on_key) = key(*on) else { continue };
+            // Fingerprints are the hash's top half; entry keys carry no route, so they
+            // never meet the counters' keys.
+            let member_fp = key(*member).map(|m| fingerprint(m));
+            let timed = matches!(on, KeyKind::User | KeyKind::Device);
+            let (counts, age, new, regular) = self.identities.update(on_key, now, |e, new| {
                 if new {
                     e.first_seen_ms = now;
                 }
-                (e.members.add(fp, now_s, DISTINCT_WINDOWS_S), now.saturating_sub(e.first_seen_ms))
+                if timed {
+                    e.time(now);
+                }
+                let counts = match member_fp {
+                    Some(fp) => e.members.add(fp, now_s, DISTINCT_WINDOWS_S),
+                    None => e.members.count(now_s, DISTINCT_WINDOWS_S),
+                };
+                (counts, now.saturating_sub(e.first_seen_ms), new, e.regular)
             });
             out.distinct[i] = counts;
             match on {
-                KeyKind::Device => out.device_age_ms = Some(age),
-                KeyKind::User => out.user_age_ms = Some(age),
+                KeyKind::User => (out.user_age_ms, out.user_regular, user_new) = (Some(age), regular, new),
+                KeyKind::Device => (out.device_age_ms, out.device_regular, device_new) = (Some(age), regular, new),
                 _ => {}
             }
         }
-        // An account or device with nothing to relate to still has an age.
-        for (kind, slot) in [(KeyKind::User, &mut out.user_age_ms), (KeyKind::Device, &mut out.device_age_ms)] {
-            if let (None, Some(key)) = (*slot, obs.keys[kind as usize]) {
-                *slot = Some(self.identities.update(key, now, |e, new| {
-                    if new {
-                        e.first_seen_ms = now;
-                    }
-                    now.saturating_sub(e.first_seen_ms)
-                }));
+
+        // Derived counters: bumped when this request is the event they count, read
+        // otherwise. The (1 h, 24 h) windows are the last two of the four.
+        let counter = |k: u64, tag: u64, bump: bool| {
+            let w = if bump {
+                self.counters.update(combine(k, tag), now, |w, _| w.bump(now))
+            } else {
+                self.counters.peek(combine(k, tag), |w| w.read(now)).unwrap_or_default()
+            };
+            [w[2], w[3]]
+        };
+        if let Some(user) = key(KeyKind::User) {
+            out.browse = counter(user, TAG_BROWSE, obs.browse);
+        }
+        for (i, kind) in [KeyKind::Device, KeyKind::Ip, KeyKind::Subnet].into_iter().enumerate() {
+            if let Some(k) = key(kind) {
+                out.new_users[i] = counter(k, TAG_NEW_USERS, user_new);
             }
         }
+        if let Some(ua) = key(KeyKind::UserAgent) {
+            out.ua_new_devices = counter(ua, TAG_NEW_DEVICES, device_new);
+        }
+
+        // The referral graph: who assisted whom, and where the inviter was seen.
+        if let (Some(inviter), Some(inviter_user), Some(user)) = (key(KeyKind::Inviter), obs.inviter_as_user, key(KeyKind::User)) {
+            let brand_new = out.user_age_ms.unwrap_or(0) < obs.new_account_ms;
+            out.inviter_new_invitees = counter(inviter, TAG_NEW_INVITEES, brand_new);
+            let day = DISTINCT_WINDOWS_S[1];
+            let inviter_fp = fingerprint(inviter_user);
+            let seen_with = |k: Option<u64>| {
+                k.and_then(|k| self.identities.peek(k, |e| e.members.contains(inviter_fp, now_s, day))).unwrap_or(false)
+            };
+            out.inviter_on_device = seen_with(key(KeyKind::Device));
+            out.inviter_on_subnet = seen_with(key(KeyKind::Subnet));
+            let (ring, chain) = self
+                .identities
+                .peek(combine(inviter_user, TAG_ASSISTED), |e| {
+                    (e.members.contains(fingerprint(user), now_s, day), e.members.count(now_s, DISTINCT_WINDOWS_S)[1] > 0)
+                })
+                .unwrap_or((false, false));
+            (out.referral_ring, out.inviter_is_invitee) = (ring, chain);
+            self.identities.update(combine(user, TAG_ASSISTED), now, |e, _| {
+                e.members.add(inviter_fp, now_s, DISTINCT_WINDOWS_S);
+            });
+        }
+
         for check in &obs.limits {
             out.limits.push(self.check_limit(check.key, check.quota, now));
         }
@@ -177,11 +256,19 @@ mod tests {
     const T0: u64 = 1_762_819_200_000;
 
     fn obs(h: &KeyHasher, ts_ms: u64, user: &str, device: &str) -> Observation {
-        let mut keys = [None; 7];
+        let mut keys = [None; crate::state::KINDS];
         keys[KeyKind::User as usize] = Some(h.key(KeyKind::User, user));
         keys[KeyKind::Device as usize] = Some(h.key(KeyKind::Device, device));
         keys[KeyKind::Route as usize] = Some(h.key(KeyKind::Route, "coupon"));
-        Observation { ts_ms, route: h.key(KeyKind::Route, "coupon"), keys, limits: smallvec![] }
+        Observation {
+            ts_ms,
+            route: h.key(KeyKind::Route, "coupon"),
+            keys,
+            inviter_as_user: None,
+            browse: false,
+            new_account_ms: 600_000,
+            limits: smallvec![],
+        }
     }
 
     #[test]

@@ -16,7 +16,8 @@ use smallvec::SmallVec;
 
 pub use memory::MemoryState;
 
-/// The kinds of key counted per route, in `Readout::counts` order.
+/// The kinds of key the state knows. The first `COUNTED` are counted per route, in
+/// `Readout::counts` order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyKind {
     User,
@@ -26,10 +27,19 @@ pub enum KeyKind {
     Phone,
     Campaign,
     Route,
+    Inviter,
+    PayAccount,
+    Address,
+    UserAgent,
 }
 
+/// Kinds with per-route windows: user … inviter.
+pub const COUNTED: usize = 8;
+/// All kinds.
+pub const KINDS: usize = 11;
+
 impl KeyKind {
-    pub const ALL: [KeyKind; 7] = [
+    pub const ALL: [KeyKind; KINDS] = [
         KeyKind::User,
         KeyKind::Device,
         KeyKind::Ip,
@@ -37,6 +47,10 @@ impl KeyKind {
         KeyKind::Phone,
         KeyKind::Campaign,
         KeyKind::Route,
+        KeyKind::Inviter,
+        KeyKind::PayAccount,
+        KeyKind::Address,
+        KeyKind::UserAgent,
     ];
 
     /// The name used in config (`key = "device"`) and feature names.
@@ -49,6 +63,10 @@ impl KeyKind {
             KeyKind::Phone => "phone",
             KeyKind::Campaign => "campaign",
             KeyKind::Route => "route",
+            KeyKind::Inviter => "inviter",
+            KeyKind::PayAccount => "pay_account",
+            KeyKind::Address => "address",
+            KeyKind::UserAgent => "user_agent",
         }
     }
 
@@ -57,13 +75,17 @@ impl KeyKind {
     }
 }
 
-/// Distinct-count relations, in `Readout::distinct` order: (the key, what is counted on it).
-pub const DISTINCT: [(KeyKind, KeyKind); 5] = [
+/// Distinct-count relations, in `Readout::distinct` order: (the key, what is counted on
+/// it). Each key kind appears once on the left: one identity entry per identity.
+pub const DISTINCT: [(KeyKind, KeyKind); 8] = [
     (KeyKind::Device, KeyKind::User),
     (KeyKind::User, KeyKind::Device),
     (KeyKind::Ip, KeyKind::User),
     (KeyKind::Subnet, KeyKind::User),
     (KeyKind::Phone, KeyKind::User),
+    (KeyKind::Inviter, KeyKind::User),
+    (KeyKind::PayAccount, KeyKind::User),
+    (KeyKind::Address, KeyKind::User),
 ];
 
 /// The distinct windows, in seconds: 1 h and 24 h.
@@ -76,7 +98,14 @@ pub struct Observation {
     /// The route the counts are scoped to (a hash of its name).
     pub route: u64,
     /// Hashed identity per `KeyKind` (in `KeyKind::ALL` order), when the request has it.
-    pub keys: [Option<u64>; 7],
+    pub keys: [Option<u64>; KINDS],
+    /// The inviter's id hashed as an account (`KeyKind::User`), to find it in the
+    /// device and subnet graphs and in its own referral history.
+    pub inviter_as_user: Option<u64>,
+    /// A browsing request: it feeds the account's funnel counter.
+    pub browse: bool,
+    /// How young an account must be to count as brand new when it assists an inviter.
+    pub new_account_ms: u64,
     pub limits: SmallVec<[LimitCheck; 4]>,
 }
 
@@ -94,15 +123,33 @@ pub enum LimitOutcome {
     Exceeded { retry_after_ms: u64 },
 }
 
-/// What the state says about one request, this request included.
+/// What the state says about one request, this request included. Pairs are (1 h, 24 h).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Readout {
-    /// Per `KeyKind`: requests in the 1 s, 1 min, 1 h and 24 h windows on this route.
-    pub counts: [[u32; 4]; 7],
+    /// Per counted `KeyKind`: requests in the 1 s, 1 min, 1 h and 24 h windows on this route.
+    pub counts: [[u32; 4]; COUNTED],
     /// Per `DISTINCT` relation: distinct members over 1 h and 24 h.
-    pub distinct: [[u32; 2]; 5],
+    pub distinct: [[u32; 2]; 8],
     pub user_age_ms: Option<u64>,
     pub device_age_ms: Option<u64>,
+    /// Consecutive machine-regular gaps between this account's (device's) requests.
+    pub user_regular: u32,
+    pub device_regular: u32,
+    /// This account's browsing requests (any browse route).
+    pub browse: [u32; 2],
+    /// Accounts first seen on this device, IP and subnet.
+    pub new_users: [[u32; 2]; 3],
+    /// Devices first seen with this exact user agent.
+    pub ua_new_devices: [u32; 2],
+    /// Brand-new accounts that assisted this inviter.
+    pub inviter_new_invitees: [u32; 2],
+    /// The inviter's account was seen on this device / subnet.
+    pub inviter_on_device: bool,
+    pub inviter_on_subnet: bool,
+    /// The inviter had assisted this account before (A→B→A).
+    pub referral_ring: bool,
+    /// The inviter itself assisted someone (a chain A→B→C).
+    pub inviter_is_invitee: bool,
     /// One outcome per `Observation::limits`, in order.
     pub limits: SmallVec<[LimitOutcome; 4]>,
 }

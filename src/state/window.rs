@@ -45,6 +45,27 @@ impl Windows {
     }
 }
 
+impl Windows {
+    /// The counts at `now_ms` without counting anything.
+    pub fn read(&self, now_ms: u64) -> [u32; 4] {
+        let now = now_ms.max(self.last_ms);
+        let mut out = [0; 4];
+        for (w, len) in WINDOWS_MS.iter().enumerate() {
+            let (bucket, last_bucket) = (now / len, self.last_ms / len);
+            let (current, previous) = if bucket == last_bucket {
+                (self.current[w], self.previous[w])
+            } else if bucket == last_bucket + 1 {
+                (0, self.current[w])
+            } else {
+                (0, 0)
+            };
+            let remaining = len - now % len;
+            out[w] = current.saturating_add((u64::from(previous) * remaining / len) as u32);
+        }
+        out
+    }
+}
+
 /// Most members a distinct set remembers; counts saturate here. A device with 32
 /// accounts is a farm whatever the exact number.
 pub const DISTINCT_CAP: usize = 32;
@@ -70,6 +91,16 @@ impl HeapSize for DistinctSet {
 }
 
 impl DistinctSet {
+    /// Whether `member` was seen within `window_s` of `now_s`.
+    pub fn contains(&self, member: u32, now_s: u32, window_s: u32) -> bool {
+        self.members.iter().any(|(m, seen)| *m == member && now_s.saturating_sub(*seen) < window_s)
+    }
+
+    /// Members seen within each window, without adding one.
+    pub fn count(&self, now_s: u32, windows_s: [u32; 2]) -> [u32; 2] {
+        windows_s.map(|w| self.members.iter().filter(|(_, seen)| now_s.saturating_sub(*seen) < w).count() as u32)
+    }
+
     /// Records `member` at `now_s` and returns the distinct members seen within each of
     /// `windows_s` (member included).
     pub fn add(&mut self, member: u32, now_s: u32, windows_s: [u32; 2]) -> [u32; 2] {
@@ -83,7 +114,7 @@ impl DistinctSet {
                 }
             }
         }
-        windows_s.map(|w| self.members.iter().filter(|(_, seen)| now_s.saturating_sub(*seen) < w).count() as u32)
+        self.count(now_s, windows_s)
     }
 }
 
@@ -129,6 +160,21 @@ mod tests {
     }
 
     #[test]
+    fn read_matches_bump_without_counting() {
+        let mut w = Windows::default();
+        let t = 1_699_999_980_000;
+        for i in 0..100 {
+            w.bump(t + i * 700);
+        }
+        for later in [0, 500, 30_000, 90_000, 4_000_000, 90_000_000] {
+            let now = t + 99 * 700 + later;
+            let mut probe = w.clone();
+            let bumped = probe.bump(now);
+            assert_eq!(w.read(now), bumped.map(|c| c - 1), "{later}");
+        }
+    }
+
+    #[test]
     fn late_events_count_at_the_latest_time() {
         let mut w = Windows::default();
         let t = 1_700_000_000_000;
@@ -145,6 +191,10 @@ mod tests {
         assert_eq!(s.add(2, 1_020, w), [2, 2]);
         // Two hours on: members 1 and 2 have left the 1 h window only.
         assert_eq!(s.add(3, 1_020 + 7_200, w), [1, 3]);
+        assert!(s.contains(3, 1_020 + 7_200, 3_600));
+        assert!(!s.contains(1, 1_020 + 7_200, 3_600));
+        assert!(s.contains(1, 1_020 + 7_200, 86_400));
+        assert_eq!(s.count(1_020 + 7_200, w), [1, 3]);
         assert_eq!(s.heap_bytes() > 0, s.members.spilled());
     }
 
