@@ -64,6 +64,9 @@ pub enum Command {
         /// No progress lines.
         #[arg(long)]
         quiet: bool,
+        /// Also write each scored request's features as CSV (for analysis and training).
+        #[arg(long)]
+        features_out: Option<PathBuf>,
     },
     /// Generate labelled synthetic campaign traffic as events (JSONL).
     Simulate {

@@ -82,6 +82,8 @@ features! {
     UsersPerPay24h => "users_per_pay_24h", "24 h", "distinct accounts ordering with this payment-account hash";
     UsersPerAddress1h => "users_per_address_1h", "1 h", "distinct accounts ordering to this address hash";
     UsersPerAddress24h => "users_per_address_24h", "24 h", "distinct accounts ordering to this address hash";
+    SubnetsPerDevice1h => "subnets_per_device_1h", "1 h", "distinct /24 or /64 networks this device came from (IP rotation)";
+    SubnetsPerDevice24h => "subnets_per_device_24h", "24 h", "distinct /24 or /64 networks this device came from";
     LinkedAccounts24h => "linked_accounts_24h", "24 h", "accounts sharing this request's device, phone, payment account or address (the largest)";
     DeviceNewUsers1h => "device_new_users_1h", "1 h", "accounts first seen on this device (new registrations on one phone)";
     DeviceNewUsers24h => "device_new_users_24h", "24 h", "accounts first seen on this device (new registrations on one phone)";

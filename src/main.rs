@@ -33,8 +33,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         },
-        Command::Replay { config, input, output, baseline, report, strict, quiet } => {
-            let opts = riskgate::replay::Options { config, input, output, baseline, report, strict, progress: !quiet };
+        Command::Replay { config, input, output, baseline, report, strict, quiet, features_out } => {
+            let opts =
+                riskgate::replay::Options { config, input, output, baseline, report, strict, progress: !quiet, features_out };
             let outcome = riskgate::replay::run(&opts)?;
             eprint!("{}", outcome.summary.render());
             if let Some(diff) = &outcome.diff {

@@ -5,6 +5,7 @@ use crate::config::Mode;
 use crate::decide::{self, Decision, ResponseKind};
 use crate::event::Event;
 use crate::extract::{self, Identities};
+use crate::features::Features;
 use crate::record::{round_score, DecisionRecord};
 use crate::runtime::Runtime;
 use crate::score::{self, Score};
@@ -24,6 +25,8 @@ pub struct Assessment {
     pub respond: Option<ResponseKind>,
     /// The state backend failed; the request was decided without signals.
     pub state_error: bool,
+    /// The feature vector the score was computed from (absent when the state failed).
+    pub features: Option<Features>,
 }
 
 /// Assesses one event. `None` when no route matches (the request is not scored).
@@ -55,7 +58,8 @@ pub async fn assess<S: StateStore>(rt: &Runtime, state: &S, hasher: &KeyHasher, 
         _ if decision == Decision::Block => ResponseKind::Block,
         _ => ResponseKind::Challenge,
     });
-    Some(Assessment { route: route_index, identities, score, decision, mode: route.mode, respond, state_error })
+    let features = signals.map(|s| s.features);
+    Some(Assessment { route: route_index, identities, score, decision, mode: route.mode, respond, state_error, features })
 }
 
 impl Assessment {

@@ -36,6 +36,9 @@ pub struct Options {
     pub strict: bool,
     /// Progress lines on stderr about once a second.
     pub progress: bool,
+    /// Also write every scored request's feature vector here, as CSV (for analysis
+    /// and training).
+    pub features_out: Option<PathBuf>,
 }
 
 /// What a replay found: the tally of the (new) config, and the diff against the baseline.
@@ -114,6 +117,15 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
     let mut summary = Tally::default();
     let mut diff = baseline.as_ref().map(|_| Diff::default());
     let mut baseline_tally = Tally::default();
+    let mut features_out = match &opts.features_out {
+        Some(path) => {
+            let mut w = BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);
+            let names: Vec<&str> = crate::features::ALL.iter().map(|f| f.name()).collect();
+            writeln!(w, "request_id,route,fraud,kind,decision,{}", names.join(","))?;
+            Some(w)
+        }
+        None => None,
+    };
     let started = Instant::now();
     let mut last_progress = started;
 
@@ -143,6 +155,14 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
         current.write_record(&mut output, &event, a.as_ref(), &id).context("writing decision records")?;
         let (route, decision, reasons, scored) = describe(&current.rt, a.as_ref());
         summary.add(route, decision, reasons, event.label.as_ref(), scored);
+        if let (Some(w), Some(features), true) = (features_out.as_mut(), a.as_ref().and_then(|a| a.features.as_ref()), scored) {
+            let (fraud, kind) = match &event.label {
+                Some(l) => (u8::from(l.fraud).to_string(), l.kind.clone().unwrap_or_default()),
+                None => (String::new(), String::new()),
+            };
+            let values: Vec<String> = features.as_slice().iter().map(|v| v.to_string()).collect();
+            writeln!(w, "{id},{route},{fraud},{kind},{},{}", decision.as_str(), values.join(","))?;
+        }
 
         if let (Some(base), Some(diff)) = (&baseline, diff.as_mut()) {
             let b = base.assess(&event);
@@ -160,6 +180,9 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
         }
     }
     output.flush().context("writing decision records")?;
+    if let Some(w) = features_out.as_mut() {
+        w.flush().context("writing features")?;
+    }
     drop(output);
     if let Some(diff) = diff.as_mut() {
         diff.baseline = baseline_tally.confusion;

@@ -65,6 +65,7 @@ pub async fn observe<S: StateStore>(
     windows(&mut f, Feature::IpNewUsers1h, &r.new_users[1]);
     windows(&mut f, Feature::SubnetNewUsers1h, &r.new_users[2]);
     windows(&mut f, Feature::UaNewDevices1h, &r.ua_new_devices);
+    windows(&mut f, Feature::SubnetsPerDevice1h, &r.subnets_per_device);
     windows(&mut f, Feature::InviterNewInvitees1h, &r.inviter_new_invitees);
     let fan_out = f64::from(r.distinct[5][0].max(1));
     f.set(Feature::InviterNewShare1h, (f64::from(r.inviter_new_invitees[0]) / fan_out).min(1.0));

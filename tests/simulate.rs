@@ -504,11 +504,3 @@ fn default_scenario_size_mix_and_speed() {
     assert!((0.10..=0.20).contains(&f), "default: fraud share {f}");
     assert!(events.last().unwrap().ts_ms - START < s.time.duration_s * 1000);
 }
-
-#[test]
-fn tmp_dump() {
-    for name in Scenario::builtin_names() {
-        let ev = generate(&Scenario::builtin(name).unwrap(), 1, START);
-        std::fs::write(format!("/tmp/simprobe/{name}.jsonl"), jsonl(&ev)).unwrap();
-    }
-}

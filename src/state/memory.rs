@@ -22,6 +22,7 @@ const TAG_NEW_USERS: u64 = 0xB1;
 const TAG_NEW_DEVICES: u64 = 0xB2;
 const TAG_NEW_INVITEES: u64 = 0xB3;
 const TAG_ASSISTED: u64 = 0xB4;
+const TAG_SUBNETS: u64 = 0xB5;
 
 /// A member's fingerprint in a distinct set: the top half of its key.
 fn fingerprint(key: u64) -> u32 {
@@ -108,7 +109,7 @@ impl MemoryState {
             let Some(on_key) = key(*on) else { continue };
             // Fingerprints are the hash's top half; entry keys carry no route, so they
             // never meet the counters' keys.
-            let member_fp = key(*member).map(|m| fingerprint(m));
+            let member_fp = key(*member).map(fingerprint);
             let timed = matches!(on, KeyKind::User | KeyKind::Device);
             let (counts, age, new, regular) = self.identities.update(on_key, now, |e, new| {
                 if new {
@@ -148,6 +149,11 @@ impl MemoryState {
             if let Some(k) = key(kind) {
                 out.new_users[i] = counter(k, TAG_NEW_USERS, user_new);
             }
+        }
+        if let (Some(device), Some(subnet)) = (key(KeyKind::Device), key(KeyKind::Subnet)) {
+            out.subnets_per_device = self.identities.update(combine(device, TAG_SUBNETS), now, |e, _| {
+                e.members.add(fingerprint(subnet), now_s, DISTINCT_WINDOWS_S)
+            });
         }
         if let Some(ua) = key(KeyKind::UserAgent) {
             out.ua_new_devices = counter(ua, TAG_NEW_DEVICES, device_new);

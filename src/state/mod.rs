@@ -139,6 +139,8 @@ pub struct Readout {
     pub browse: [u32; 2],
     /// Accounts first seen on this device, IP and subnet.
     pub new_users: [[u32; 2]; 3],
+    /// Distinct /24 or /64 subnets this device came from.
+    pub subnets_per_device: [u32; 2],
     /// Devices first seen with this exact user agent.
     pub ua_new_devices: [u32; 2],
     /// Brand-new accounts that assisted this inviter.
