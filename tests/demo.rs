@@ -5,7 +5,7 @@ use std::process::Command;
 
 #[test]
 fn the_demo_runs_and_stops_fraud_without_stopping_people() {
-    let out = Command::new(env!("CARGO_BIN_EXE_riskgate")).args(["demo", "--duration", "4", "--seed", "11"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_riskgate")).args(["demo", "--duration", "20", "--seed", "11"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");

@@ -46,7 +46,7 @@ impl IdentityEntry {
     fn time(&mut self, now: u64) {
         if self.last_ms > 0 && now > self.last_ms {
             let gap = (now - self.last_ms).min(u64::from(u32::MAX)) as u32;
-            let tolerance = (gap / 20).max(100);
+            let tolerance = (gap / 20).max(25);
             if self.last_gap_ms > 0 && gap.abs_diff(self.last_gap_ms) <= tolerance {
                 self.regular = self.regular.saturating_add(1);
             } else {

@@ -1,0 +1,248 @@
+//! Each family of signals on hand-built event sequences (a farm, a family, a NAT, a
+//! referral ring, a crowd, a script…), through the real pipeline and the default config.
+
+use std::path::Path;
+
+use riskgate::decide::Decision;
+use riskgate::event::Event;
+use riskgate::features;
+use riskgate::pipeline::{self, Assessment};
+use riskgate::runtime::{self, Runtime};
+use riskgate::state::{KeyHasher, MemoryState};
+use serde_json::json;
+
+const T0: u64 = 1_762_819_200_000;
+
+struct World {
+    rt: Runtime,
+    state: MemoryState,
+    hasher: KeyHasher,
+}
+
+/// One request: who, from where, and what.
+struct Req<'a> {
+    ts: u64,
+    path: &'a str,
+    user: &'a str,
+    device: Option<&'a str>,
+    ip: &'a str,
+    body: serde_json::Value,
+    ua: &'a str,
+}
+
+impl<'a> Req<'a> {
+    fn claim(ts: u64, user: &'a str, device: &'a str, ip: &'a str) -> Self {
+        Req { ts, path: "/api/coupon/claim", user, device: Some(device), ip, body: json!({"campaign_id": "c-1", "coupon_id": "new-user-50"}), ua: "Mozilla/5.0 (iPhone) MicroMessenger/8.0.47" }
+    }
+    fn assist(ts: u64, user: &'a str, device: &'a str, ip: &'a str, inviter: &str) -> Self {
+        Req { path: "/api/referral/assist", body: json!({"campaign_id": "c-1", "inviter_id": inviter}), ..Req::claim(ts, user, device, ip) }
+    }
+    fn browse(ts: u64, user: &'a str, device: &'a str, ip: &'a str) -> Self {
+        Req { path: "/api/campaign/detail", body: serde_json::Value::Null, ..Req::claim(ts, user, device, ip) }
+    }
+    fn order(ts: u64, user: &'a str, device: &'a str, amount: f64, pay: &str, address: &str) -> Self {
+        Req {
+            path: "/api/order/submit",
+            body: json!({"campaign_id": "c-1", "order_id": format!("o-{ts}"), "amount": amount, "coupon_id": "full-100-minus-20", "address_hash": address, "pay_account_hash": pay}),
+            ..Req::claim(ts, user, device, "198.51.100.20")
+        }
+    }
+}
+
+impl World {
+    fn new() -> World {
+        let hasher = KeyHasher::seeded(3);
+        let rt = runtime::load(Path::new("config/riskgate.toml"), &hasher).unwrap();
+        World { rt, state: MemoryState::new(64 << 20, 90_000_000), hasher }
+    }
+
+    fn send(&self, r: Req) -> Assessment {
+        let mut headers = std::collections::BTreeMap::new();
+        headers.insert("x-user-id".to_string(), r.user.to_string());
+        if let Some(d) = r.device {
+            headers.insert("x-device-id".to_string(), d.to_string());
+        }
+        headers.insert("x-app-version".to_string(), "8.0.47".to_string());
+        headers.insert("user-agent".to_string(), r.ua.to_string());
+        let method = if r.body.is_null() { "GET" } else { "POST" };
+        let event = Event {
+            ts_ms: T0 + r.ts,
+            method: method.into(),
+            path: r.path.into(),
+            query: String::new(),
+            client_ip: r.ip.parse().unwrap(),
+            headers,
+            body: (!r.body.is_null()).then_some(r.body),
+            label: None,
+        };
+        let fut = pipeline::assess(&self.rt, &self.state, &self.hasher, &event);
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(fut).expect("routed")
+    }
+}
+
+fn f(a: &Assessment, name: &str) -> f64 {
+    a.features.as_ref().unwrap().get(features::by_name(name).unwrap_or_else(|| panic!("no feature {name}")))
+}
+
+#[test]
+fn a_device_farm_links_many_new_accounts_to_one_phone() {
+    let w = World::new();
+    let mut last = None;
+    for i in 0..6 {
+        let user = format!("farm-{i}");
+        w.send(Req::browse(i * 20_000, &user, "farm-phone", "198.51.100.7"));
+        last = Some(w.send(Req::claim(i * 20_000 + 5_000, &user, "farm-phone", "198.51.100.7")));
+    }
+    let a = last.unwrap();
+    assert_eq!(f(&a, "users_per_device_24h"), 6.0);
+    assert_eq!(f(&a, "device_new_users_24h"), 6.0);
+    assert_eq!(f(&a, "linked_accounts_24h"), 6.0);
+    assert_eq!(f(&a, "users_per_ip_1h"), 6.0);
+    assert_eq!(a.decision, Decision::Block);
+    assert!(a.score.reasons.contains(&"device_many_accounts".to_string()));
+}
+
+#[test]
+fn a_family_sharing_a_phone_and_an_address_is_not_stopped() {
+    let w = World::new();
+    for (i, user) in ["mum", "dad"].iter().enumerate() {
+        let t = i as u64 * 600_000;
+        w.send(Req::browse(t, user, "family-phone", "198.51.100.8"));
+        w.send(Req::browse(t + 9_000, user, "family-phone", "198.51.100.8"));
+        let a = w.send(Req::order(t + 40_000, user, "family-phone", 180.0, &format!("pay-{user}"), "home"));
+        assert_eq!(a.decision, Decision::Allow, "{user}: {:?}", a.score.reasons);
+        assert_eq!(f(&a, "users_per_address_24h"), i as f64 + 1.0);
+        assert_eq!(f(&a, "users_per_device_24h"), i as f64 + 1.0);
+        assert_eq!(f(&a, "users_per_pay_24h"), 1.0);
+    }
+}
+
+#[test]
+fn a_carrier_nat_is_many_accounts_on_one_ip_but_nothing_else() {
+    let w = World::new();
+    let mut last = None;
+    for i in 0..40u64 {
+        let (user, device) = (format!("nat-user-{i}"), format!("nat-phone-{i}"));
+        w.send(Req::browse(i * 30_000, &user, &device, "203.0.113.9"));
+        last = Some(w.send(Req::claim(i * 30_000 + 12_000, &user, &device, "203.0.113.9")));
+        let a = last.as_ref().unwrap();
+        assert!(!a.decision.stops(), "user {i}: {:?}", a.score.reasons);
+    }
+    let a = last.unwrap();
+    // Distinct sets saturate at 32 members.
+    assert_eq!(f(&a, "users_per_ip_1h"), 32.0);
+    assert_eq!(f(&a, "ip_new_users_1h"), 40.0);
+    assert_eq!(f(&a, "users_per_device_24h"), 1.0);
+}
+
+#[test]
+fn referral_rings_chains_and_self_invites_are_seen() {
+    let w = World::new();
+    // A is seen on her phone; B assists A from A's phone: inviting oneself.
+    w.send(Req::claim(0, "A", "phone-a", "198.51.100.30"));
+    let b = w.send(Req::assist(60_000, "B", "phone-a", "198.51.100.30", "A"));
+    assert_eq!(f(&b, "inviter_on_device"), 1.0);
+    assert_eq!(f(&b, "inviter_on_subnet"), 1.0);
+    assert_eq!(f(&b, "referral_ring"), 0.0);
+    // A assists B back: a ring A→B→A.
+    let a = w.send(Req::assist(120_000, "A", "phone-a2", "203.0.113.77", "B"));
+    assert_eq!(f(&a, "referral_ring"), 1.0);
+    assert_eq!(f(&a, "inviter_is_invitee"), 1.0, "B had assisted A");
+    assert!(a.decision.stops(), "{:?}", a.score.reasons);
+    // C, unrelated, assists D who never assisted anyone: nothing to see.
+    let c = w.send(Req::assist(180_000, "C", "phone-c", "192.0.2.50", "D"));
+    for name in ["inviter_on_device", "inviter_on_subnet", "referral_ring", "inviter_is_invitee"] {
+        assert_eq!(f(&c, name), 0.0, "{name}");
+    }
+}
+
+#[test]
+fn a_crowd_assisting_one_inviter_in_a_burst_is_stopped() {
+    let w = World::new();
+    let mut last = None;
+    for i in 0..6u64 {
+        let (user, device, ip) = (format!("crowd-{i}"), format!("crowd-phone-{i}"), format!("198.18.{i}.9"));
+        w.send(Req::browse(i * 5_000, &user, &device, &ip));
+        last = Some(w.send(Req::assist(i * 5_000 + 3_000, &user, &device, &ip, "boss")));
+    }
+    let a = last.unwrap();
+    assert_eq!(f(&a, "inviter_reqs_1m"), 6.0);
+    assert_eq!(f(&a, "users_per_inviter_1h"), 6.0);
+    assert_eq!(f(&a, "inviter_new_invitees_1h"), 6.0);
+    assert_eq!(f(&a, "inviter_new_share_1h"), 1.0);
+    assert!(a.score.reasons.contains(&"inviter_burst".to_string()));
+    assert!(a.decision.stops());
+}
+
+#[test]
+fn machine_regular_timing_without_a_funnel_is_a_script() {
+    let w = World::new();
+    let mut last = None;
+    for i in 0..6u64 {
+        last = Some(w.send(Req::claim(i * 2_000, "bot", "bot-device", "192.0.2.1")));
+    }
+    let a = last.unwrap();
+    assert_eq!(f(&a, "user_regular_gaps"), 4.0);
+    assert_eq!(f(&a, "device_regular_gaps"), 4.0);
+    assert_eq!(f(&a, "user_browse_1h"), 0.0);
+    assert!(a.decision.stops());
+    // A person: irregular gaps, browsing first.
+    let w = World::new();
+    let mut t = 0;
+    let mut last = None;
+    for gap in [7_000, 19_000, 3_500, 41_000] {
+        t += gap;
+        last = Some(w.send(Req::browse(t, "human", "human-phone", "198.18.7.7")));
+    }
+    let a = w.send(Req::claim(t + 11_000, "human", "human-phone", "198.18.7.7"));
+    assert_eq!(f(&a, "user_regular_gaps"), 0.0);
+    assert_eq!(f(&a, "user_browse_1h"), 4.0);
+    assert!(last.is_some());
+    assert_eq!(a.decision, Decision::Allow, "{:?}", a.score.reasons);
+}
+
+#[test]
+fn a_device_rotating_networks_is_seen() {
+    let w = World::new();
+    let mut last = None;
+    for i in 0..5u64 {
+        last = Some(w.send(Req::claim(i * 60_000, &format!("rot-{i}"), "rot-phone", &format!("198.18.{}.1", 10 + i))));
+    }
+    let a = last.unwrap();
+    assert_eq!(f(&a, "subnets_per_device_1h"), 5.0);
+    assert!(a.score.reasons.contains(&"device_ip_rotation".to_string()));
+}
+
+#[test]
+fn fake_orders_share_payment_accounts_just_above_the_threshold() {
+    let w = World::new();
+    let mut last = None;
+    for i in 0..3u64 {
+        let user = format!("fake-{i}");
+        let device = format!("fake-phone-{i}");
+        last = Some(w.send(Req::order(i * 90_000, &user, &device, 101.5, "pay-shared", &format!("addr-{i}"))));
+    }
+    let a = last.unwrap();
+    assert_eq!(f(&a, "amount_just_above_threshold"), 1.0);
+    assert_eq!(f(&a, "users_per_pay_24h"), 3.0);
+    assert!(a.decision.stops(), "{:?}", a.score.reasons);
+    for (amount, expect) in [(100.0, 1.0), (105.0, 1.0), (105.5, 0.0), (99.99, 0.0), (250.0, 0.0)] {
+        let a = w.send(Req::order(500_000, "buyer", "buyer-phone", amount, "pay-own", "addr-own"));
+        assert_eq!(f(&a, "amount_just_above_threshold"), expect, "{amount}");
+    }
+}
+
+#[test]
+fn cloned_device_profiles_count_new_devices_per_user_agent() {
+    let w = World::new();
+    let mut last = None;
+    for i in 0..3u64 {
+        let r = Req { ua: "Mozilla/5.0 (Linux; Android 10; SM-G9600) MicroMessenger/8.0.40", ..Req::claim(i * 1_000, "x", "y", "198.18.3.3") };
+        let (user, device) = (format!("clone-{i}"), format!("clone-dev-{i}"));
+        last = Some(w.send(Req { user: &user, device: Some(&device), ..r }));
+    }
+    assert_eq!(f(&last.unwrap(), "ua_new_devices_1h"), 3.0);
+    // Seen devices do not count again.
+    let a = w.send(Req { ua: "Mozilla/5.0 (Linux; Android 10; SM-G9600) MicroMessenger/8.0.40", ..Req::claim(9_000, "clone-0", "clone-dev-0", "198.18.3.3") });
+    assert_eq!(f(&a, "ua_new_devices_1h"), 3.0);
+}
