@@ -122,9 +122,10 @@ fn a_carrier_nat_is_many_accounts_on_one_ip_but_nothing_else() {
     let w = World::new();
     let mut last = None;
     for i in 0..40u64 {
-        let (user, device) = (format!("nat-user-{i}"), format!("nat-phone-{i}"));
-        w.send(Req::browse(i * 30_000, &user, &device, "203.0.113.9"));
-        last = Some(w.send(Req::claim(i * 30_000 + 12_000, &user, &device, "203.0.113.9")));
+        // Unrelated people: their own phones, models and app builds.
+        let (user, device, ua) = (format!("nat-user-{i}"), format!("nat-phone-{i}"), format!("Mozilla/5.0 (Linux; Android 1{}; M{i}) MicroMessenger/8.0.4{}", i % 4, i % 7));
+        w.send(Req { ua: &ua, ..Req::browse(i * 30_000, &user, &device, "203.0.113.9") });
+        last = Some(w.send(Req { ua: &ua, ..Req::claim(i * 30_000 + 12_000, &user, &device, "203.0.113.9") }));
         let a = last.as_ref().unwrap();
         assert!(!a.decision.stops(), "user {i}: {:?}", a.score.reasons);
     }
