@@ -42,7 +42,7 @@ fn event(i: u64, ts_ms: u64) -> Event {
 fn bench(c: &mut Criterion) {
     let hasher = KeyHasher::seeded(1);
     let rt = runtime::load(Path::new("config/riskgate.toml"), &hasher).unwrap();
-    let state = MemoryState::new(1 << 30, 90_000_000);
+    let state = MemoryState::new(2 << 30, 90_000_000);
     let t0 = 1_762_819_200_000u64;
     // One million accounts (and half a million devices) tracked before measuring.
     for i in 0..1_000_000u64 {
@@ -50,10 +50,15 @@ fn bench(c: &mut Criterion) {
     }
     let tables = state.stats();
     let bytes: u64 = tables.iter().map(|t| t.bytes).sum();
-    eprintln!("tracked after warm-up: {tables:?}\n  {bytes} bytes in all, {:.0} bytes per account", bytes as f64 / 1e6);
+    eprintln!(
+        "tracked after warm-up: {tables:?}\n  {bytes} bytes in all, {:.0} bytes per account",
+        bytes as f64 / 1e6
+    );
 
     // A fixed pseudo-random walk over the tracked accounts.
-    let events: Vec<Event> = (0..4096u64).map(|i| event(i.wrapping_mul(2_654_435_761) % 1_000_000, t0 + 10_000_000 + i)).collect();
+    let events: Vec<Event> = (0..4096u64)
+        .map(|i| event(i.wrapping_mul(2_654_435_761) % 1_000_000, t0 + 10_000_000 + i))
+        .collect();
     let route = &rt.routes[rt.route(&http::Method::POST, "/api/coupon/claim").unwrap()];
 
     let mut g = c.benchmark_group("scoring");
@@ -67,14 +72,28 @@ fn bench(c: &mut Criterion) {
     g.bench_function("extract only", |b| {
         b.iter(|| {
             n = (n + 1) % events.len();
-            black_box(extract::identities(&route.identity, &events[n], &rt.server.trusted_proxies))
+            black_box(extract::identities(
+                &route.identity,
+                &events[n],
+                &rt.server.trusted_proxies,
+            ))
         })
     });
-    let ids: Vec<_> = events.iter().map(|e| extract::identities(&route.identity, e, &[])).collect();
+    let ids: Vec<_> = events
+        .iter()
+        .map(|e| extract::identities(&route.identity, e, &[]))
+        .collect();
     g.bench_function("signals only (state update + features)", |b| {
         b.iter(|| {
             n = (n + 1) % events.len();
-            black_box(ready(signals::observe(&state, &hasher, route, &rt.signals, &ids[n], events[n].ts_ms)))
+            black_box(ready(signals::observe(
+                &state,
+                &hasher,
+                route,
+                &rt.signals,
+                &ids[n],
+                events[n].ts_ms,
+            )))
         })
     });
     g.finish();

@@ -33,7 +33,10 @@ pub async fn serve<S: StateStore>(gw: Arc<Gateway<S>>, listener: TcpListener, mu
     }
 }
 
-async fn answer<S: StateStore>(gw: Arc<Gateway<S>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer<S: StateStore>(
+    gw: Arc<Gateway<S>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, content_type, body) = match req.uri().path() {
         "/metrics" => {
             gw.metrics.update_state(&gw.state.stats(), gw.state.budget_bytes());
@@ -44,11 +47,20 @@ async fn answer<S: StateStore>(gw: Arc<Gateway<S>>, req: Request<Incoming>) -> R
         }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         "/readyz" if gw.ready.load(Ordering::Relaxed) => (StatusCode::OK, "text/plain", "ready\n".to_string()),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "shutting down\n".to_string()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz or /readyz\n".to_string()),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "shutting down\n".to_string(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics, /healthz or /readyz\n".to_string(),
+        ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     Ok(resp)
 }

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "riskgate", version, about = "Anti-fraud risk-scoring gateway for marketing campaigns")]
+#[command(
+    name = "riskgate",
+    version,
+    about = "Anti-fraud risk-scoring gateway for marketing campaigns"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

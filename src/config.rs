@@ -145,7 +145,11 @@ pub struct StateConfig {
 
 impl Default for StateConfig {
     fn default() -> Self {
-        StateConfig { backend: StateBackend::Memory, memory_budget_mb: 256, ttl_s: 25 * 3600 }
+        StateConfig {
+            backend: StateBackend::Memory,
+            memory_budget_mb: 256,
+            ttl_s: 25 * 3600,
+        }
     }
 }
 
@@ -164,7 +168,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Text, level: "info".into() }
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
     }
 }
 
@@ -257,7 +264,11 @@ pub struct SignalsConfig {
 
 impl Default for SignalsConfig {
     fn default() -> Self {
-        SignalsConfig { order_thresholds: Vec::new(), just_above_ratio: 0.05, new_account_s: 600 }
+        SignalsConfig {
+            order_thresholds: Vec::new(),
+            just_above_ratio: 0.05,
+            new_account_s: 600,
+        }
     }
 }
 
@@ -282,13 +293,21 @@ pub struct ResponsesConfig {
 impl Default for ResponsesConfig {
     fn default() -> Self {
         ResponsesConfig {
-            block: ResponseConfig { status: 403, code: "blocked".into(), message: "request refused".into() },
+            block: ResponseConfig {
+                status: 403,
+                code: "blocked".into(),
+                message: "request refused".into(),
+            },
             challenge: ResponseConfig {
                 status: 428,
                 code: "challenge_required".into(),
                 message: "verification required".into(),
             },
-            rate_limit: ResponseConfig { status: 429, code: "rate_limited".into(), message: "too many requests".into() },
+            rate_limit: ResponseConfig {
+                status: 429,
+                code: "rate_limited".into(),
+                message: "too many requests".into(),
+            },
         }
     }
 }
@@ -470,16 +489,25 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.problems.len();
-        write!(f, "{} problem{} in {}", n, if n == 1 { "" } else { "s" }, self.file.display())?;
+        write!(
+            f,
+            "{} problem{} in {}",
+            n,
+            if n == 1 { "" } else { "s" },
+            self.file.display()
+        )?;
         for p in &self.problems {
             let at = p.line.map(|l| format!(":{l}")).unwrap_or_default();
-            let key = if p.key.is_empty() { String::new() } else { format!(" {}:", p.key) };
+            let key = if p.key.is_empty() {
+                String::new()
+            } else {
+                format!(" {}:", p.key)
+            };
             write!(f, "\n  {}{at}:{key} {}", self.file.display(), p.message)?;
         }
         Ok(())
     }
 }
-
 
 /// Parses config text. `path` is only used in messages.
 pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
@@ -487,14 +515,22 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
         let line = e.span().map(|s| line_of(text, s.start));
         ConfigError {
             file: path.to_path_buf(),
-            problems: vec![Problem { line, key: String::new(), message: e.message().trim().to_string() }],
+            problems: vec![Problem {
+                line,
+                key: String::new(),
+                message: e.message().trim().to_string(),
+            }],
         }
     })
 }
 
 /// 1-based line of a byte offset.
 pub fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 /// The default config for the reference campaign API, embedded in the binary.
@@ -528,6 +564,9 @@ mod tests {
         let text = "[identity]\nuser = \"header:x-user-id\"\ndevice = \"body:x\"\n";
         let err = parse(Path::new("x.toml"), text).unwrap_err();
         assert_eq!(err.problems[0].line, Some(3));
-        assert!(err.problems[0].message.contains("unknown identity source kind"), "{err}");
+        assert!(
+            err.problems[0].message.contains("unknown identity source kind"),
+            "{err}"
+        );
     }
 }

@@ -68,7 +68,12 @@ mod tests {
     use super::*;
 
     fn check(score: f64, floor: Decision, expect: Decision) {
-        let policy = Policy { review: 0.3, challenge: 0.6, block: 0.85, mode: None };
+        let policy = Policy {
+            review: 0.3,
+            challenge: 0.6,
+            block: 0.85,
+            mode: None,
+        };
         assert_eq!(decide(&policy, score, floor), expect, "score {score} floor {floor:?}");
     }
 

@@ -40,7 +40,9 @@ pub async fn stub_backend() -> anyhow::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let svc = service_fn(|_req: Request<hyper::body::Incoming>| async {
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}"))))
@@ -73,11 +75,17 @@ pub async fn run(opts: &Options) -> anyhow::Result<Tally> {
         // names each in X-Forwarded-For, as a load balancer would.
         trusted_proxies: Some(vec!["127.0.0.1/32".parse()?]),
     };
-    let running = server::start(config_path, overrides).await.context("starting the gateway")?;
+    let running = server::start(config_path, overrides)
+        .await
+        .context("starting the gateway")?;
     let scenario = Scenario::load(&opts.scenario).map_err(|e| anyhow::anyhow!("{e}"))?;
     let start_ms = now_ms();
     let mut events = simulate::generate(&scenario, opts.seed, start_ms);
-    let span_ms = events.last().map(|e| e.ts_ms.saturating_sub(start_ms)).unwrap_or(0).max(1);
+    let span_ms = events
+        .last()
+        .map(|e| e.ts_ms.saturating_sub(start_ms))
+        .unwrap_or(0)
+        .max(1);
     let stretch = opts.duration.as_millis() as f64 / span_ms as f64;
     for e in &mut events {
         e.ts_ms = start_ms + ((e.ts_ms - start_ms) as f64 * stretch) as u64;
@@ -127,7 +135,12 @@ pub async fn run(opts: &Options) -> anyhow::Result<Tally> {
     while sends.join_next().await.is_some() {}
     running.shutdown().await;
     let tally = lock(&tally).clone();
-    println!("\nfinal: {} requests in {:.1} s\n{}", tally.events, origin.elapsed().as_secs_f64(), tally.render_kinds());
+    println!(
+        "\nfinal: {} requests in {:.1} s\n{}",
+        tally.events,
+        origin.elapsed().as_secs_f64(),
+        tally.render_kinds()
+    );
     let c = tally.confusion;
     println!(
         "fraud requests stopped: {:.1}%   legitimate requests wrongly stopped: {:.2}%",
@@ -148,19 +161,36 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn print_table(tally: &Mutex<Tally>, origin: Instant) {
     let t = lock(tally);
-    println!("t = {:>4.0} s, {} requests\n{}", origin.elapsed().as_secs_f64(), t.events, t.render_kinds());
+    println!(
+        "t = {:>4.0} s, {} requests\n{}",
+        origin.elapsed().as_secs_f64(),
+        t.events,
+        t.render_kinds()
+    );
 }
 
 /// Sends one event as the client it describes; the answer's status tells the decision.
-async fn send(client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>, addr: SocketAddr, e: &Event) -> Result<Decision, String> {
-    let query = if e.query.is_empty() { String::new() } else { format!("?{}", e.query) };
-    let mut req = Request::builder().method(e.method.as_str()).uri(format!("http://{addr}{}{query}", e.path));
+async fn send(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    e: &Event,
+) -> Result<Decision, String> {
+    let query = if e.query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", e.query)
+    };
+    let mut req = Request::builder()
+        .method(e.method.as_str())
+        .uri(format!("http://{addr}{}{query}", e.path));
     for (k, v) in &e.headers {
         req = req.header(k, v);
     }
     req = req.header("x-forwarded-for", e.client_ip.to_string());
     let body = e.body.as_ref().map(|b| b.to_string()).unwrap_or_default();
-    let req = req.body(Full::new(Bytes::from(body))).map_err(|e| format!("bad request: {e}"))?;
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| format!("bad request: {e}"))?;
     let resp = client.request(req).await.map_err(|e| format!("{e}"))?;
     let status = resp.status().as_u16();
     let _ = resp.into_body().collect().await;
@@ -173,7 +203,10 @@ async fn send(client: &Client<hyper_util::client::legacy::connect::HttpConnector
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {

@@ -58,7 +58,13 @@ mod tests {
         let ev: Event = serde_json::from_str(line).expect("contract example parses");
         assert_eq!(ev.ts_ms, 1762819200123);
         assert_eq!(ev.header("x-device-id"), Some("d456"));
-        assert_eq!(ev.body.as_ref().and_then(|b| b.get("campaign_id")).and_then(|v| v.as_str()), Some("c-1111"));
+        assert_eq!(
+            ev.body
+                .as_ref()
+                .and_then(|b| b.get("campaign_id"))
+                .and_then(|v| v.as_str()),
+            Some("c-1111")
+        );
         assert_eq!(ev.label.as_ref().map(|l| l.fraud), Some(true));
         let back: Event = serde_json::from_str(&serde_json::to_string(&ev).unwrap()).unwrap();
         assert_eq!(back, ev);

@@ -492,10 +492,7 @@ impl<F: Fn(&str) -> Option<usize>> Parser<F> {
             Op::Const(_) | Op::Load(_) => {
                 self.height += 1;
                 if self.height > MAX_STACK {
-                    return Err(syntax(
-                        self.tok.col,
-                        "expression nested too deeply".to_string(),
-                    ));
+                    return Err(syntax(self.tok.col, "expression nested too deeply".to_string()));
                 }
                 self.max_height = self.max_height.max(self.height);
             }
@@ -681,10 +678,7 @@ impl<F: Fn(&str) -> Option<usize>> Parser<F> {
                     let found = self.describe(&self.tok);
                     return Err(syntax(
                         self.tok.col,
-                        format!(
-                            "expected `)` to close `(` at column {}, found {found}",
-                            open.col
-                        ),
+                        format!("expected `)` to close `(` at column {}, found {found}", open.col),
                     ));
                 }
                 self.advance()?;
@@ -791,9 +785,7 @@ mod tests {
     fn check_err(src: &str, expected_col: usize, expected_substring: &str) {
         let err = compile_with(src, &["a", "b", "c"]).expect_err(src);
         let (col, text) = match &err {
-            ExprError::Syntax { col, .. } | ExprError::UnknownFeature { col, .. } => {
-                (*col, err.to_string())
-            }
+            ExprError::Syntax { col, .. } | ExprError::UnknownFeature { col, .. } => (*col, err.to_string()),
         };
         assert_eq!(col, expected_col, "{src:?}: {text}");
         assert!(
@@ -846,11 +838,7 @@ mod tests {
         let v = &[("a", 2.0), ("b", 1.0), ("c", 0.0)];
         check("a > 1 && b < 2 || c", v, 1.0);
         check("a > 5 && b < 2 || c", v, 0.0);
-        check(
-            "a > 5 && b < 2 || c",
-            &[("a", 2.0), ("b", 1.0), ("c", 7.0)],
-            1.0,
-        );
+        check("a > 5 && b < 2 || c", &[("a", 2.0), ("b", 1.0), ("c", 7.0)], 1.0);
         check("c || a > 5 && b < 2", v, 0.0);
         check("a and b", v, 1.0);
         check("a and c", v, 0.0);
@@ -1007,25 +995,13 @@ mod tests {
         let e = compile_with(src, &["a", "b", "c", "d"]).unwrap();
         assert_eq!(e.source(), src);
         assert_eq!(e.features(), vec![0, 1, 2]);
-        assert_eq!(
-            compile_with("1 + 2", &[]).unwrap().features(),
-            Vec::<usize>::new()
-        );
-        assert_eq!(
-            compile_with("  d ", &["a", "b", "c", "d"])
-                .unwrap()
-                .source(),
-            "  d "
-        );
+        assert_eq!(compile_with("1 + 2", &[]).unwrap().features(), Vec::<usize>::new());
+        assert_eq!(compile_with("  d ", &["a", "b", "c", "d"]).unwrap().source(), "  d ");
     }
 
     #[test]
     fn errors() {
-        check_err(
-            "",
-            1,
-            "expected a feature name, number or `(`, found end of input",
-        );
+        check_err("", 1, "expected a feature name, number or `(`, found end of input");
         check_err("   ", 4, "found end of input");
         check_err("a + zz", 5, "unknown feature `zz`");
         check_err("zz", 1, "unknown feature");
@@ -1051,17 +1027,9 @@ mod tests {
     #[test]
     fn function_errors() {
         check_err("min(1)", 1, "function `min` takes 2 arguments, found 1");
-        check_err(
-            "max(1, 2, 3)",
-            1,
-            "function `max` takes 2 arguments, found 3",
-        );
+        check_err("max(1, 2, 3)", 1, "function `max` takes 2 arguments, found 3");
         check_err("abs()", 1, "function `abs` takes 1 argument, found 0");
-        check_err(
-            "a + abs(1, 2)",
-            5,
-            "function `abs` takes 1 argument, found 2",
-        );
+        check_err("a + abs(1, 2)", 5, "function `abs` takes 1 argument, found 2");
         check_err("pow(2, 3)", 1, "unknown function `pow`");
         check_err("min(1 2)", 7, "expected `,` or `)` in call to `min`");
         check_err("min(1,", 7, "found end of input");

@@ -38,7 +38,9 @@ impl FromStr for Source {
             "query" => Ok(Source::Query(arg.to_string())),
             "cookie" => Ok(Source::Cookie(arg.to_string())),
             "json" if arg.starts_with('/') => Ok(Source::Json(arg.to_string())),
-            "json" => Err(format!("JSON pointer in `{s}` must start with `/`, e.g. `json:/inviter_id`")),
+            "json" => Err(format!(
+                "JSON pointer in `{s}` must start with `/`, e.g. `json:/inviter_id`"
+            )),
             _ => Err(format!(
                 "unknown identity source kind `{kind}` in `{s}`; allowed: header, query, json, cookie, ip"
             )),
@@ -96,8 +98,8 @@ impl IdentitySpec {
             &self.user_agent,
             &self.app_version,
         ]
-            .into_iter()
-            .any(|s| matches!(s, Some(Source::Json(_))))
+        .into_iter()
+        .any(|s| matches!(s, Some(Source::Json(_))))
     }
 }
 
@@ -146,7 +148,9 @@ pub fn identities(spec: &IdentitySpec, event: &Event, trusted_proxies: &[IpNet])
         phone: read(&spec.phone),
         campaign: read(&spec.campaign),
         inviter: read(&spec.inviter),
-        amount: read(&spec.amount).and_then(|a| a.parse::<f64>().ok()).filter(|a| a.is_finite()),
+        amount: read(&spec.amount)
+            .and_then(|a| a.parse::<f64>().ok())
+            .filter(|a| a.is_finite()),
         pay_account: read(&spec.pay_account),
         address: read(&spec.address),
         user_agent: read(&spec.user_agent),
@@ -158,7 +162,9 @@ pub fn identities(spec: &IdentitySpec, event: &Event, trusted_proxies: &[IpNet])
 /// carrier NAT shares.
 pub fn subnet_of(ip: IpAddr) -> IpNet {
     let prefix = if ip.is_ipv4() { 24 } else { 64 };
-    IpNet::new(ip, prefix).map(|n| n.trunc()).unwrap_or_else(|_| IpNet::from(ip))
+    IpNet::new(ip, prefix)
+        .map(|n| n.trunc())
+        .unwrap_or_else(|_| IpNet::from(ip))
 }
 
 /// The socket peer, unless it is a trusted proxy: then the right-most X-Forwarded-For
@@ -227,7 +233,10 @@ mod tests {
             path: "/x".into(),
             query: query.into(),
             client_ip: "198.51.100.9".parse().unwrap(),
-            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
             body,
             label: None,
         }
@@ -282,7 +291,11 @@ mod tests {
 
     fn check_ip(peer: &str, xff: Option<&str>, expect: &str) {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "127.0.0.1/32".parse().unwrap()];
-        assert_eq!(client_ip(peer.parse().unwrap(), xff, &trusted), expect.parse::<IpAddr>().unwrap(), "{peer} {xff:?}");
+        assert_eq!(
+            client_ip(peer.parse().unwrap(), xff, &trusted),
+            expect.parse::<IpAddr>().unwrap(),
+            "{peer} {xff:?}"
+        );
     }
 
     #[test]
@@ -299,6 +312,9 @@ mod tests {
     #[test]
     fn subnets_are_24_and_64() {
         assert_eq!(subnet_of("203.0.113.77".parse().unwrap()).to_string(), "203.0.113.0/24");
-        assert_eq!(subnet_of("2001:db8:1:2:3::9".parse().unwrap()).to_string(), "2001:db8:1:2::/64");
+        assert_eq!(
+            subnet_of("2001:db8:1:2:3::9".parse().unwrap()).to_string(),
+            "2001:db8:1:2::/64"
+        );
     }
 }

@@ -33,18 +33,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         },
-        Command::Replay { config, input, output, baseline, report, strict, quiet, features_out } => {
-            let opts =
-                riskgate::replay::Options { config, input, output, baseline, report, strict, progress: !quiet, features_out };
+        Command::Replay {
+            config,
+            input,
+            output,
+            baseline,
+            report,
+            strict,
+            quiet,
+            features_out,
+        } => {
+            let opts = riskgate::replay::Options {
+                config,
+                input,
+                output,
+                baseline,
+                report,
+                strict,
+                progress: !quiet,
+                features_out,
+            };
             let outcome = riskgate::replay::run(&opts)?;
             eprint!("{}", outcome.summary.render());
             if let Some(diff) = &outcome.diff {
                 eprint!("\n{}", diff.render());
             }
-            eprintln!("\nreplayed {} events in {:.2} s ({:.0} events/s)", outcome.summary.events, outcome.seconds, outcome.events_per_second);
+            eprintln!(
+                "\nreplayed {} events in {:.2} s ({:.0} events/s)",
+                outcome.summary.events, outcome.seconds, outcome.events_per_second
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Simulate { scenario, seed, out, scale, start_ms } => {
+        Command::Simulate {
+            scenario,
+            seed,
+            out,
+            scale,
+            start_ms,
+        } => {
             let started = std::time::Instant::now();
             let mut sc = riskgate::simulate::Scenario::load(&scenario).map_err(|e| anyhow::anyhow!("{e}"))?;
             if scale != 1.0 {
@@ -64,10 +90,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for (kind, fraud, n) in riskgate::simulate::census(&events) {
                 eprintln!("{kind:<24} {fraud:>6} {n:>9}");
             }
-            eprintln!("{} events written to {out} in {:.1} s", events.len(), started.elapsed().as_secs_f64());
+            eprintln!(
+                "{} events written to {out} in {:.1} s",
+                events.len(),
+                started.elapsed().as_secs_f64()
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { duration, seed, scenario } => {
+        Command::Demo {
+            duration,
+            seed,
+            scenario,
+        } => {
             init_logging(LogFormat::Text, "warn");
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let opts = riskgate::demo::Options {
@@ -79,13 +113,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(riskgate::demo::run(&opts))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { config, listen, admin_listen, upstream, shadow, state } => {
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+            upstream,
+            shadow,
+            state,
+        } => {
             if state != "memory" {
                 anyhow::bail!("--state {state}: only `memory` is available in this build");
             }
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
-                let overrides = Overrides { listen, admin_listen, upstream, shadow, trusted_proxies: None };
+                let overrides = Overrides {
+                    listen,
+                    admin_listen,
+                    upstream,
+                    shadow,
+                    trusted_proxies: None,
+                };
                 // Logging is set up from the file before the full load, so that load
                 // problems are reported in the configured format.
                 let log = riskgate::config::parse(&config, &std::fs::read_to_string(&config).unwrap_or_default())
@@ -111,7 +158,9 @@ fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().with_current_span(true).init(),
         LogFormat::Text => builder.init(),

@@ -3,8 +3,7 @@
 //! never an account, device, phone or IP.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::decide::Decision;
@@ -71,37 +70,127 @@ impl Metrics {
     // `expect`s above only guard against a typo in this function.
     pub fn new() -> Self {
         let r = Registry::new();
-        let decision_buckets =
-            vec![0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01];
-        let upstream_buckets = vec![0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let decision_buckets = vec![
+            0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
+        ];
+        let upstream_buckets = vec![
+            0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
         Metrics {
-            requests: counter(&r, "riskgate_requests_total", "Requests by route and decision (unmatched and rejected included).", &["route", "decision"]),
-            decision_seconds: histogram(&r, "riskgate_decision_duration_seconds", "Time the gateway spent deciding (extract, signals, score, decide), excluding the upstream.", &["route"], decision_buckets),
-            upstream_seconds: histogram(&r, "riskgate_upstream_duration_seconds", "Time from forwarding a request to the upstream's response headers.", &["route"], upstream_buckets),
-            upstream_errors: counter(&r, "riskgate_upstream_errors_total", "Upstream failures by kind: connect (refused, 502), timeout (504), other (502).", &["route", "kind"]),
-            rule_hits: counter(&r, "riskgate_rule_hits_total", "Requests a rule matched; mode is enforce or shadow.", &["rule", "mode"]),
-            limit_hits: counter(&r, "riskgate_limit_hits_total", "Requests over a rate limit; mode is enforce or shadow.", &["route", "limit", "mode"]),
-            list_hits: counter(&r, "riskgate_list_hits_total", "Requests that matched a block or allow list.", &["list"]),
-            rejected: counter(&r, "riskgate_rejected_requests_total", "Requests refused before scoring, by reason (body_too_large, unmatched, bad_request).", &["reason"]),
+            requests: counter(
+                &r,
+                "riskgate_requests_total",
+                "Requests by route and decision (unmatched and rejected included).",
+                &["route", "decision"],
+            ),
+            decision_seconds: histogram(
+                &r,
+                "riskgate_decision_duration_seconds",
+                "Time the gateway spent deciding (extract, signals, score, decide), excluding the upstream.",
+                &["route"],
+                decision_buckets,
+            ),
+            upstream_seconds: histogram(
+                &r,
+                "riskgate_upstream_duration_seconds",
+                "Time from forwarding a request to the upstream's response headers.",
+                &["route"],
+                upstream_buckets,
+            ),
+            upstream_errors: counter(
+                &r,
+                "riskgate_upstream_errors_total",
+                "Upstream failures by kind: connect (refused, 502), timeout (504), other (502).",
+                &["route", "kind"],
+            ),
+            rule_hits: counter(
+                &r,
+                "riskgate_rule_hits_total",
+                "Requests a rule matched; mode is enforce or shadow.",
+                &["rule", "mode"],
+            ),
+            limit_hits: counter(
+                &r,
+                "riskgate_limit_hits_total",
+                "Requests over a rate limit; mode is enforce or shadow.",
+                &["route", "limit", "mode"],
+            ),
+            list_hits: counter(
+                &r,
+                "riskgate_list_hits_total",
+                "Requests that matched a block or allow list.",
+                &["list"],
+            ),
+            rejected: counter(
+                &r,
+                "riskgate_rejected_requests_total",
+                "Requests refused before scoring, by reason (body_too_large, unmatched, bad_request).",
+                &["reason"],
+            ),
             state_errors: {
-                let c = IntCounter::new("riskgate_state_errors_total", "Requests decided without state because the backend failed (fail open).").expect("valid metric");
+                let c = IntCounter::new(
+                    "riskgate_state_errors_total",
+                    "Requests decided without state because the backend failed (fail open).",
+                )
+                .expect("valid metric");
                 r.register(Box::new(c.clone())).expect("unique metric");
                 c
             },
-            tracked_keys: gauge_vec(&r, "riskgate_state_tracked_keys", "Keys held by the state backend, by table.", &["table"]),
-            state_bytes: gauge_vec(&r, "riskgate_state_memory_bytes", "Bytes used by the state backend, by table.", &["table"]),
-            state_budget_bytes: gauge(&r, "riskgate_state_memory_budget_bytes", "The configured state memory budget."),
-            evictions: counter(&r, "riskgate_state_evictions_total", "Keys evicted to stay within the memory budget or TTL, by table.", &["table"]),
-            reloads: counter(&r, "riskgate_config_reloads_total", "Config reloads by outcome (success, failure).", &["outcome"]),
-            config_last_reload_success: gauge(&r, "riskgate_config_last_reload_successful", "1 when the last reload attempt succeeded, 0 when the running config is older than the file."),
+            tracked_keys: gauge_vec(
+                &r,
+                "riskgate_state_tracked_keys",
+                "Keys held by the state backend, by table.",
+                &["table"],
+            ),
+            state_bytes: gauge_vec(
+                &r,
+                "riskgate_state_memory_bytes",
+                "Bytes used by the state backend, by table.",
+                &["table"],
+            ),
+            state_budget_bytes: gauge(
+                &r,
+                "riskgate_state_memory_budget_bytes",
+                "The configured state memory budget.",
+            ),
+            evictions: counter(
+                &r,
+                "riskgate_state_evictions_total",
+                "Keys evicted to stay within the memory budget or TTL, by table.",
+                &["table"],
+            ),
+            reloads: counter(
+                &r,
+                "riskgate_config_reloads_total",
+                "Config reloads by outcome (success, failure).",
+                &["outcome"],
+            ),
+            config_last_reload_success: gauge(
+                &r,
+                "riskgate_config_last_reload_successful",
+                "1 when the last reload attempt succeeded, 0 when the running config is older than the file.",
+            ),
             inflight: gauge(&r, "riskgate_inflight_requests", "Requests being handled right now."),
-            audit_records: counter(&r, "riskgate_audit_records_total", "Decision records by outcome: written, or dropped (queue full or disk failing).", &["outcome"]),
+            audit_records: counter(
+                &r,
+                "riskgate_audit_records_total",
+                "Decision records by outcome: written, or dropped (queue full or disk failing).",
+                &["outcome"],
+            ),
             audit_errors: {
-                let c = IntCounter::new("riskgate_audit_errors_total", "Audit log open, write and rotation failures.").expect("valid metric");
+                let c = IntCounter::new(
+                    "riskgate_audit_errors_total",
+                    "Audit log open, write and rotation failures.",
+                )
+                .expect("valid metric");
                 r.register(Box::new(c.clone())).expect("unique metric");
                 c
             },
-            audit_queued: gauge(&r, "riskgate_audit_queue_records", "Decision records waiting for the audit writer."),
+            audit_queued: gauge(
+                &r,
+                "riskgate_audit_queue_records",
+                "Decision records waiting for the audit writer.",
+            ),
             registry: r,
         }
     }
@@ -109,7 +198,9 @@ impl Metrics {
     /// Counts one assessed request.
     pub fn observe(&self, rt: &Runtime, a: &Assessment, seconds: f64) {
         let route = &rt.routes[a.route];
-        self.requests.with_label_values(&[&route.name, a.decision.as_str()]).inc();
+        self.requests
+            .with_label_values(&[&route.name, a.decision.as_str()])
+            .inc();
         self.decision_seconds.with_label_values(&[&route.name]).observe(seconds);
         if a.state_error {
             self.state_errors.inc();
@@ -117,10 +208,14 @@ impl Metrics {
         for hit in &a.score.hits {
             match *hit {
                 Hit::Rule { index, shadow } => {
-                    self.rule_hits.with_label_values(&[&rt.rules[index].name, mode(shadow)]).inc();
+                    self.rule_hits
+                        .with_label_values(&[&rt.rules[index].name, mode(shadow)])
+                        .inc();
                 }
                 Hit::Limit { index, shadow } => {
-                    self.limit_hits.with_label_values(&[&route.name, &route.limits[index].name, mode(shadow)]).inc();
+                    self.limit_hits
+                        .with_label_values(&[&route.name, &route.limits[index].name, mode(shadow)])
+                        .inc();
                 }
                 Hit::List(index) => self.list_hits.with_label_values(&[&rt.lists[index].name]).inc(),
             }
@@ -188,4 +283,3 @@ fn mode(shadow: bool) -> &'static str {
         "enforce"
     }
 }
-

@@ -35,11 +35,12 @@ pub async fn assess<S: StateStore>(rt: &Runtime, state: &S, hasher: &KeyHasher, 
     let route_index = rt.route(&method, &event.path)?;
     let route = &rt.routes[route_index];
     let identities = extract::identities(&route.identity, event, &rt.server.trusted_proxies);
-    let (signals, state_error) = match signals::observe(state, hasher, route, &rt.signals, &identities, event.ts_ms).await {
-        Ok(s) => (Some(s), false),
-        // Fail open, counted: a state outage must not take the campaign down.
-        Err(_) => (None, true),
-    };
+    let (signals, state_error) =
+        match signals::observe(state, hasher, route, &rt.signals, &identities, event.ts_ms).await {
+            Ok(s) => (Some(s), false),
+            // Fail open, counted: a state outage must not take the campaign down.
+            Err(_) => (None, true),
+        };
     let score = match (&signals, route.scored) {
         (Some(signals), true) => score::evaluate(rt, route, &identities, signals),
         _ => Score {
@@ -48,18 +49,35 @@ pub async fn assess<S: StateStore>(rt: &Runtime, state: &S, hasher: &KeyHasher, 
             floor_response: None,
             allowlisted: false,
             retry_after_ms: None,
-            reasons: if state_error { vec!["state_unavailable".to_string()] } else { Vec::new() },
+            reasons: if state_error {
+                vec!["state_unavailable".to_string()]
+            } else {
+                Vec::new()
+            },
             hits: Default::default(),
         },
     };
-    let decision = if score.allowlisted { Decision::Allow } else { decide::decide(&route.policy, score.value, score.floor) };
+    let decision = if score.allowlisted {
+        Decision::Allow
+    } else {
+        decide::decide(&route.policy, score.value, score.floor)
+    };
     let respond = (route.mode == Mode::Enforce && decision.stops()).then(|| match score.floor_response {
         Some(kind) if score.floor == decision => kind,
         _ if decision == Decision::Block => ResponseKind::Block,
         _ => ResponseKind::Challenge,
     });
     let features = signals.map(|s| s.features);
-    Some(Assessment { route: route_index, identities, score, decision, mode: route.mode, respond, state_error, features })
+    Some(Assessment {
+        route: route_index,
+        identities,
+        score,
+        decision,
+        mode: route.mode,
+        respond,
+        state_error,
+        features,
+    })
 }
 
 impl Assessment {

@@ -88,13 +88,21 @@ async fn handle_routed<S: StateStore>(
         match Limited::new(body, max).collect().await {
             Ok(collected) => {
                 let bytes = collected.to_bytes();
-                (Some(parse_body(&bytes)), Full::new(bytes).map_err(|never| match never {}).boxed())
+                (
+                    Some(parse_body(&bytes)),
+                    Full::new(bytes).map_err(|never| match never {}).boxed(),
+                )
             }
             Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(gw, request_id),
             Err(e) => {
                 debug!(error = %e, "client body read failed");
                 gw.metrics.rejected.with_label_values(&["bad_request"]).inc();
-                return local(StatusCode::BAD_REQUEST, "bad_request", "could not read the request body", request_id);
+                return local(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "could not read the request body",
+                    request_id,
+                );
             }
         }
     } else {
@@ -104,7 +112,18 @@ async fn handle_routed<S: StateStore>(
     let event = event_of(&parts, peer, json);
     let Some(assessment) = pipeline::assess(rt, &gw.state, &gw.hasher, &event).await else {
         // A route matched by path but not by the pipeline's method parse: forward unscored.
-        return forward(gw, rt, &route.upstream, parts, body, peer, request_id, None, &route.name).await;
+        return forward(
+            gw,
+            rt,
+            &route.upstream,
+            parts,
+            body,
+            peer,
+            request_id,
+            None,
+            &route.name,
+        )
+        .await;
     };
     gw.metrics.observe(rt, &assessment, started.elapsed().as_secs_f64());
     if let Some(audit) = &gw.audit {
@@ -119,7 +138,18 @@ async fn handle_routed<S: StateStore>(
         Some(kind) => stopped(rt, kind, &assessment, request_id),
         None => {
             let risk = risk_headers(&assessment);
-            forward(gw, rt, &route.upstream, parts, body, peer, request_id, Some(risk), &route.name).await
+            forward(
+                gw,
+                rt,
+                &route.upstream,
+                parts,
+                body,
+                peer,
+                request_id,
+                Some(risk),
+                &route.name,
+            )
+            .await
         }
     }
 }
@@ -133,7 +163,11 @@ struct RiskHeaders {
 
 fn risk_headers(a: &Assessment) -> RiskHeaders {
     // Upstreams only ever see allow or review: a shadowed stop is forwarded as review.
-    let decision = if a.decision.stops() { Decision::Review } else { a.decision };
+    let decision = if a.decision.stops() {
+        Decision::Review
+    } else {
+        a.decision
+    };
     RiskHeaders {
         score: format!("{:.3}", a.score.value),
         decision: decision.as_str(),
@@ -161,10 +195,21 @@ async fn forward<S: StateStore>(
         .build()
     {
         Ok(u) => u,
-        Err(_) => return local(StatusCode::BAD_REQUEST, "bad_request", "invalid request target", request_id),
+        Err(_) => {
+            return local(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "invalid request target",
+                request_id,
+            )
+        }
     };
     if !parts.headers.contains_key(header::HOST) {
-        if let Some(authority) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        if let Some(authority) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
             parts.headers.insert(header::HOST, authority);
         }
     }
@@ -194,7 +239,10 @@ async fn forward<S: StateStore>(
     let errors = |kind: &str| gw.metrics.upstream_errors.with_label_values(&[route_name, kind]).inc();
     match result {
         Ok(Ok(resp)) => {
-            gw.metrics.upstream_seconds.with_label_values(&[route_name]).observe(started.elapsed().as_secs_f64());
+            gw.metrics
+                .upstream_seconds
+                .with_label_values(&[route_name])
+                .observe(started.elapsed().as_secs_f64());
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body.map_err(BoxError::from).boxed())
@@ -202,18 +250,33 @@ async fn forward<S: StateStore>(
         Ok(Err(e)) if e.is_connect() && is_timeout(&e) => {
             errors("timeout");
             warn!(upstream = %upstream.name, error = %e, "upstream connect timed out");
-            local(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "the service did not answer in time", request_id)
+            local(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the service did not answer in time",
+                request_id,
+            )
         }
         Ok(Err(e)) => {
             let kind = if e.is_connect() { "connect" } else { "other" };
             errors(kind);
             warn!(upstream = %upstream.name, error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
-            local(StatusCode::BAD_GATEWAY, "upstream_unavailable", "the service is unavailable", request_id)
+            local(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "the service is unavailable",
+                request_id,
+            )
         }
         Err(_) => {
             errors("timeout");
             warn!(upstream = %upstream.name, timeout_ms = rt.server.upstream_timeout_ms, "upstream timed out");
-            local(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "the service did not answer in time", request_id)
+            local(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the service did not answer in time",
+                request_id,
+            )
         }
     }
 }
@@ -254,8 +317,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let prior: Vec<&str> = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
-    let value = if prior.is_empty() { peer.ip().to_string() } else { format!("{}, {}", prior.join(", "), peer.ip()) };
+    let prior: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let value = if prior.is_empty() {
+        peer.ip().to_string()
+    } else {
+        format!("{}, {}", prior.join(", "), peer.ip())
+    };
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert("x-forwarded-for", v);
     }
@@ -283,7 +354,8 @@ fn parse_body(bytes: &[u8]) -> serde_json::Value {
     if bytes.is_empty() {
         return serde_json::Value::Null;
     }
-    serde_json::from_slice(bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()))
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 /// The request as an event record, stamped with the wall clock.
@@ -300,7 +372,10 @@ fn event_of(parts: &http::request::Parts, peer: SocketAddr, body: Option<serde_j
             .or_insert_with(|| value.into_owned());
     }
     Event {
-        ts_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        ts_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
         method: parts.method.as_str().to_string(),
         path: parts.uri.path().to_string(),
         query: parts.uri.query().unwrap_or("").to_string(),
@@ -319,14 +394,20 @@ fn stopped(rt: &Runtime, kind: ResponseKind, a: &Assessment, request_id: &str) -
     };
     let mut resp = local(r.status, &r.code, &r.message, request_id);
     if let (ResponseKind::RateLimit, Some(ms)) = (kind, a.score.retry_after_ms) {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1_000).max(1)));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1_000).max(1)));
     }
     resp
 }
 
 fn too_large<S>(gw: &Gateway<S>, request_id: &str) -> Response<ProxyBody> {
     gw.metrics.rejected.with_label_values(&["body_too_large"]).inc();
-    local(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request body too large", request_id)
+    local(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "request body too large",
+        request_id,
+    )
 }
 
 /// A small JSON answer from the gateway itself: a code and the request id, never a
@@ -335,7 +416,9 @@ pub fn local(status: StatusCode, code: &str, message: &str, request_id: &str) ->
     let body = serde_json::json!({ "code": code, "message": message, "request_id": request_id }).to_string();
     let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }

@@ -64,7 +64,12 @@ impl Replayer {
         let hasher = KeyHasher::seeded(REPLAY_SEED);
         let rt = runtime::load(path, &hasher)?;
         let state = MemoryState::new(rt.state.memory_budget_mb * 1024 * 1024, rt.state.ttl_s * 1_000);
-        Ok(Replayer { rt, state, hasher, unrouted: IdentitySpec::default() })
+        Ok(Replayer {
+            rt,
+            state,
+            hasher,
+            unrouted: IdentitySpec::default(),
+        })
     }
 
     fn assess(&self, event: &Event) -> Option<Assessment> {
@@ -150,18 +155,32 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
                 continue;
             }
         };
-        let id = event.header("x-request-id").map(str::to_string).unwrap_or_else(|| format!("line-{line_no}"));
+        let id = event
+            .header("x-request-id")
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("line-{line_no}"));
         let a = current.assess(&event);
-        current.write_record(&mut output, &event, a.as_ref(), &id).context("writing decision records")?;
+        current
+            .write_record(&mut output, &event, a.as_ref(), &id)
+            .context("writing decision records")?;
         let (route, decision, reasons, scored) = describe(&current.rt, a.as_ref());
         summary.add(route, decision, reasons, event.label.as_ref(), scored);
-        if let (Some(w), Some(features), true) = (features_out.as_mut(), a.as_ref().and_then(|a| a.features.as_ref()), scored) {
+        if let (Some(w), Some(features), true) = (
+            features_out.as_mut(),
+            a.as_ref().and_then(|a| a.features.as_ref()),
+            scored,
+        ) {
             let (fraud, kind) = match &event.label {
                 Some(l) => (u8::from(l.fraud).to_string(), l.kind.clone().unwrap_or_default()),
                 None => (String::new(), String::new()),
             };
             let values: Vec<String> = features.as_slice().iter().map(|v| v.to_string()).collect();
-            writeln!(w, "{id},{route},{fraud},{kind},{},{}", decision.as_str(), values.join(","))?;
+            writeln!(
+                w,
+                "{id},{route},{fraud},{kind},{},{}",
+                decision.as_str(),
+                values.join(",")
+            )?;
         }
 
         if let (Some(base), Some(diff)) = (&baseline, diff.as_mut()) {
@@ -176,7 +195,11 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
         if opts.progress && summary.events % 4096 == 0 && last_progress.elapsed().as_secs() >= 1 {
             last_progress = Instant::now();
             let secs = started.elapsed().as_secs_f64();
-            eprintln!("replayed {} events ({:.0}/s)", summary.events, summary.events as f64 / secs);
+            eprintln!(
+                "replayed {} events ({:.0}/s)",
+                summary.events,
+                summary.events as f64 / secs
+            );
         }
     }
     output.flush().context("writing decision records")?;
@@ -190,7 +213,11 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let outcome = Outcome {
-        events_per_second: if seconds > 0.0 { summary.events as f64 / seconds } else { 0.0 },
+        events_per_second: if seconds > 0.0 {
+            summary.events as f64 / seconds
+        } else {
+            0.0
+        },
         summary,
         diff,
         seconds,
@@ -205,7 +232,12 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
 /// Route name, decision, reasons, and whether the route is scored at all.
 fn describe<'a>(rt: &'a Runtime, a: Option<&'a Assessment>) -> (&'a str, Decision, &'a [String], bool) {
     match a {
-        Some(a) => (&rt.routes[a.route].name, a.decision, &a.score.reasons, rt.routes[a.route].scored),
+        Some(a) => (
+            &rt.routes[a.route].name,
+            a.decision,
+            &a.score.reasons,
+            rt.routes[a.route].scored,
+        ),
         None => ("unmatched", Decision::Allow, &[], false),
     }
 }
@@ -227,7 +259,15 @@ pub struct Diff {
 }
 
 impl Diff {
-    fn flip(&mut self, route: &str, old: Decision, new: Decision, old_reasons: &[String], new_reasons: &[String], id: &str) {
+    fn flip(
+        &mut self,
+        route: &str,
+        old: Decision,
+        new: Decision,
+        old_reasons: &[String],
+        new_reasons: &[String],
+        id: &str,
+    ) {
         self.flips += 1;
         *self.by_route.entry(route.to_string()).or_default() += 1;
         let change = format!("{}->{}", old.as_str(), new.as_str());
@@ -247,7 +287,11 @@ impl Diff {
     pub fn render(&self) -> String {
         use std::fmt::Write as _;
         let mut s = format!("backtest diff: {} requests change decision\n", self.flips);
-        for (title, map) in [("route", &self.by_route), ("old->new", &self.by_change), ("reason", &self.by_reason)] {
+        for (title, map) in [
+            ("route", &self.by_route),
+            ("old->new", &self.by_change),
+            ("reason", &self.by_reason),
+        ] {
             if map.is_empty() {
                 continue;
             }
@@ -296,7 +340,10 @@ pub fn open_output(name: &str) -> anyhow::Result<Box<dyn Write>> {
     }
     let f = File::create(name).with_context(|| format!("creating {name}"))?;
     if name.ends_with(".gz") {
-        Ok(Box::new(BufWriter::new(flate2::write::GzEncoder::new(f, flate2::Compression::fast()))))
+        Ok(Box::new(BufWriter::new(flate2::write::GzEncoder::new(
+            f,
+            flate2::Compression::fast(),
+        ))))
     } else {
         Ok(Box::new(BufWriter::with_capacity(1 << 16, f)))
     }

@@ -105,7 +105,10 @@ impl Tally {
             *self.by_reason.entry(r.clone()).or_default() += 1;
         }
         if let (Some(label), true) = (label, scored) {
-            let kind = label.kind.clone().unwrap_or_else(|| if label.fraud { "fraud" } else { "legit" }.to_string());
+            let kind = label
+                .kind
+                .clone()
+                .unwrap_or_else(|| if label.fraud { "fraud" } else { "legit" }.to_string());
             let entry = self.by_kind.entry(kind).or_default();
             entry.fraud = label.fraud;
             entry.counts.add(decision);
@@ -123,9 +126,17 @@ impl Tally {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "{} events, {} bad lines skipped", self.events, self.bad_lines);
-        let _ = writeln!(s, "\n{:<20} {:>9} {:>9} {:>9} {:>9} {:>9}", "route", "requests", "allow", "review", "challenge", "block");
+        let _ = writeln!(
+            s,
+            "\n{:<20} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "route", "requests", "allow", "review", "challenge", "block"
+        );
         for (route, c) in &self.by_route {
-            let _ = writeln!(s, "{route:<20} {:>9} {:>9} {:>9} {:>9} {:>9}", c.requests, c.allow, c.review, c.challenge, c.block);
+            let _ = writeln!(
+                s,
+                "{route:<20} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                c.requests, c.allow, c.review, c.challenge, c.block
+            );
         }
         if !self.by_reason.is_empty() {
             let _ = writeln!(s, "\n{:<40} {:>9}", "reason", "requests");
@@ -158,17 +169,33 @@ impl Tally {
     /// share wrongly stopped.
     pub fn render_kinds(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "{:<22} {:>9} {:>10}   {:<22} {:>9} {:>16}", "attack kind", "requests", "stopped", "legitimate segment", "requests", "wrongly stopped");
+        let _ = writeln!(
+            s,
+            "{:<22} {:>9} {:>10}   {:<22} {:>9} {:>16}",
+            "attack kind", "requests", "stopped", "legitimate segment", "requests", "wrongly stopped"
+        );
         let attacks: Vec<_> = self.by_kind.iter().filter(|(_, k)| k.fraud).collect();
         let legit: Vec<_> = self.by_kind.iter().filter(|(_, k)| !k.fraud).collect();
         for i in 0..attacks.len().max(legit.len()) {
             let left = attacks
                 .get(i)
-                .map(|(k, c)| format!("{k:<22} {:>9} {:>9.1}%", c.counts.requests, c.counts.stopped_rate() * 100.0))
+                .map(|(k, c)| {
+                    format!(
+                        "{k:<22} {:>9} {:>9.1}%",
+                        c.counts.requests,
+                        c.counts.stopped_rate() * 100.0
+                    )
+                })
                 .unwrap_or_else(|| format!("{:<22} {:>9} {:>10}", "", "", ""));
             let right = legit
                 .get(i)
-                .map(|(k, c)| format!("{k:<22} {:>9} {:>15.2}%", c.counts.requests, c.counts.stopped_rate() * 100.0))
+                .map(|(k, c)| {
+                    format!(
+                        "{k:<22} {:>9} {:>15.2}%",
+                        c.counts.requests,
+                        c.counts.stopped_rate() * 100.0
+                    )
+                })
                 .unwrap_or_default();
             let _ = writeln!(s, "{left}   {right}");
         }
@@ -181,7 +208,11 @@ mod tests {
     use super::*;
 
     fn label(fraud: bool, kind: &str) -> Label {
-        Label { fraud, kind: Some(kind.into()), actor: None }
+        Label {
+            fraud,
+            kind: Some(kind.into()),
+            actor: None,
+        }
     }
 
     #[test]
@@ -201,7 +232,15 @@ mod tests {
         t.add("checkin", Decision::Allow, &[], None, true);
         t.add("item_view", Decision::Allow, &[], Some(&farm), false);
         assert_eq!(t.events, 16);
-        assert_eq!(t.confusion, Confusion { true_positive: 3, false_negative: 1, false_positive: 1, true_negative: 9 });
+        assert_eq!(
+            t.confusion,
+            Confusion {
+                true_positive: 3,
+                false_negative: 1,
+                false_positive: 1,
+                true_negative: 9
+            }
+        );
         assert_eq!(t.confusion.precision(), 0.75);
         assert_eq!(t.confusion.recall(), 0.75);
         assert_eq!(t.confusion.false_positive_rate(), 0.1);

@@ -171,7 +171,11 @@ struct Problems<'a> {
 impl Problems<'_> {
     fn at(&mut self, span: Option<std::ops::Range<usize>>, key: impl Into<String>, message: impl Into<String>) {
         let line = span.filter(|s| s.end > 0).map(|s| config::line_of(self.text, s.start));
-        self.list.push(Problem { line, key: key.into(), message: message.into() });
+        self.list.push(Problem {
+            line,
+            key: key.into(),
+            message: message.into(),
+        });
     }
 }
 
@@ -181,7 +185,11 @@ pub fn load(path: &Path, hasher: &KeyHasher) -> Result<Runtime, ConfigError> {
     let fingerprint = Fingerprint::read(path);
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
-        problems: vec![Problem { line: None, key: String::new(), message: format!("cannot read: {e}") }],
+        problems: vec![Problem {
+            line: None,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        }],
     })?;
     let file = config::parse(path, &text)?;
     let mut rt = build(&file, path, &text, hasher)?;
@@ -197,7 +205,11 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
 
     let header = |p: &mut Problems, key: &str, v: &str| {
         HeaderName::from_bytes(v.to_ascii_lowercase().as_bytes()).unwrap_or_else(|_| {
-            p.at(None, format!("headers.{key}"), format!("`{v}` is not a valid header name"));
+            p.at(
+                None,
+                format!("headers.{key}"),
+                format!("`{v}` is not a valid header name"),
+            );
             HeaderName::from_static("x-invalid")
         })
     };
@@ -230,7 +242,11 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
         p.at(None, "state.memory_budget_mb", "must be above 0");
     }
     if file.state.ttl_s < 86_400 {
-        p.at(None, "state.ttl_s", "must be at least 86400 (the longest window is 24 h)");
+        p.at(
+            None,
+            "state.ttl_s",
+            "must be at least 86400 (the longest window is 24 h)",
+        );
     }
     let sig = &file.signals;
     if sig.order_thresholds.iter().any(|t| !(t.is_finite() && *t > 0.0)) {
@@ -243,14 +259,27 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
         p.at(None, "audit.queue_capacity", "must be above 0");
     }
     if tracing_subscriber::EnvFilter::try_new(&file.log.level).is_err() {
-        p.at(None, "log.level", format!("`{}` is not a level or filter (e.g. `info`, `riskgate=debug`)", file.log.level));
+        p.at(
+            None,
+            "log.level",
+            format!(
+                "`{}` is not a level or filter (e.g. `info`, `riskgate=debug`)",
+                file.log.level
+            ),
+        );
     }
 
     let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
     for (name, u) in &file.upstreams {
         match parse_upstream(u.url.get_ref()) {
             Ok(base) => {
-                upstreams.insert(name, Arc::new(Upstream { name: name.clone(), base }));
+                upstreams.insert(
+                    name,
+                    Arc::new(Upstream {
+                        name: name.clone(),
+                        base,
+                    }),
+                );
             }
             Err(msg) => p.at(Some(u.url.span()), format!("upstreams.{name}.url"), msg),
         }
@@ -259,7 +288,9 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
 
     let mut policies: HashMap<&str, Policy> = HashMap::new();
     for (name, pc) in &file.policies {
-        let ok = [pc.review, pc.challenge, pc.block].iter().all(|v| (0.0..=1.0).contains(v))
+        let ok = [pc.review, pc.challenge, pc.block]
+            .iter()
+            .all(|v| (0.0..=1.0).contains(v))
             && pc.review <= pc.challenge
             && pc.challenge <= pc.block;
         if !ok {
@@ -272,7 +303,15 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
                 ),
             );
         }
-        policies.insert(name, Policy { review: pc.review, challenge: pc.challenge, block: pc.block, mode: pc.mode });
+        policies.insert(
+            name,
+            Policy {
+                review: pc.review,
+                challenge: pc.challenge,
+                block: pc.block,
+                mode: pc.mode,
+            },
+        );
     }
 
     let responses = Responses {
@@ -289,14 +328,26 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
         let name = r.name.get_ref();
         let key = format!("rules[{i}]");
         if !is_label_safe(name) {
-            p.at(Some(r.name.span()), format!("{key}.name"), format!("`{name}` must be 1-64 characters of a-z, 0-9 and _"));
+            p.at(
+                Some(r.name.span()),
+                format!("{key}.name"),
+                format!("`{name}` must be 1-64 characters of a-z, 0-9 and _"),
+            );
         }
         if !rule_names.insert(name.clone()) {
-            p.at(Some(r.name.span()), format!("{key}.name"), format!("rule `{name}` is defined twice"));
+            p.at(
+                Some(r.name.span()),
+                format!("{key}.name"),
+                format!("rule `{name}` is defined twice"),
+            );
         }
         let score = *r.score.get_ref();
         if !(score > 0.0 && score <= 1.0) {
-            p.at(Some(r.score.span()), format!("{key}.score"), format!("{score} must be in (0, 1]"));
+            p.at(
+                Some(r.score.span()),
+                format!("{key}.score"),
+                format!("{score} must be in (0, 1]"),
+            );
         }
         match Expr::compile(r.when.get_ref(), features::index_of) {
             Ok(expr) => {
@@ -312,7 +363,10 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
             Err(e) => p.at(
                 Some(r.when.span()),
                 format!("{key}.when"),
-                format!("in `{}`: {e} (feature names are listed in ARCHITECTURE.md)", r.when.get_ref()),
+                format!(
+                    "in `{}`: {e} (feature names are listed in ARCHITECTURE.md)",
+                    r.when.get_ref()
+                ),
             ),
         }
     }
@@ -324,31 +378,51 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
         let key = format!("routes[{i}]");
         let name = rc.name.get_ref().clone();
         if !is_label_safe(&name) {
-            p.at(Some(rc.name.span()), format!("{key}.name"), format!("`{name}` must be 1-64 characters of a-z, 0-9 and _"));
+            p.at(
+                Some(rc.name.span()),
+                format!("{key}.name"),
+                format!("`{name}` must be 1-64 characters of a-z, 0-9 and _"),
+            );
         }
         if routes.iter().any(|r| r.name == name) {
-            p.at(Some(rc.name.span()), format!("{key}.name"), format!("route `{name}` is defined twice"));
+            p.at(
+                Some(rc.name.span()),
+                format!("{key}.name"),
+                format!("route `{name}` is defined twice"),
+            );
         }
         let method = match rc.method.get_ref().as_str() {
             "*" => None,
             m => match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
                 Ok(m) => Some(m),
                 Err(_) => {
-                    p.at(Some(rc.method.span()), format!("{key}.method"), format!("`{m}` is not an HTTP method (or `*`)"));
+                    p.at(
+                        Some(rc.method.span()),
+                        format!("{key}.method"),
+                        format!("`{m}` is not an HTTP method (or `*`)"),
+                    );
                     None
                 }
             },
         };
         let path_pat = rc.path.get_ref();
         if !path_pat.starts_with('/') {
-            p.at(Some(rc.path.span()), format!("{key}.path"), format!("`{path_pat}` must start with `/`"));
+            p.at(
+                Some(rc.path.span()),
+                format!("{key}.path"),
+                format!("`{path_pat}` must start with `/`"),
+            );
         }
         let upstream_name = rc.upstream.as_ref().map(|u| u.get_ref().as_str()).unwrap_or("default");
         let upstream = match upstreams.get(upstream_name) {
             Some(u) => u.clone(),
             None => {
                 let span = rc.upstream.as_ref().map(|u| u.span()).or(Some(rc.name.span()));
-                p.at(span, format!("{key}.upstream"), format!("unknown upstream `{upstream_name}`; defined: {}", upstream_names()));
+                p.at(
+                    span,
+                    format!("{key}.upstream"),
+                    format!("unknown upstream `{upstream_name}`; defined: {}", upstream_names()),
+                );
                 continue;
             }
         };
@@ -358,7 +432,11 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
             None => {
                 let span = rc.policy.as_ref().map(|u| u.span()).or(Some(rc.name.span()));
                 let known = file.policies.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
-                p.at(span, format!("{key}.policy"), format!("unknown policy `{policy_name}`; defined: {known}"));
+                p.at(
+                    span,
+                    format!("{key}.policy"),
+                    format!("unknown policy `{policy_name}`; defined: {known}"),
+                );
                 continue;
             }
         };
@@ -385,13 +463,25 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
                 "challenge" => Decision::Challenge,
                 "review" => Decision::Review,
                 other => {
-                    p.at(Some(lc.decision.span()), format!("{lkey}.decision"), format!("`{other}` must be block, challenge or review"));
+                    p.at(
+                        Some(lc.decision.span()),
+                        format!("{lkey}.decision"),
+                        format!("`{other}` must be block, challenge or review"),
+                    );
                     continue;
                 }
             };
-            let lname = lc.name.as_ref().map(|n| n.get_ref().clone()).unwrap_or_else(|| format!("{}_{}", name, key_kind.name()));
+            let lname = lc
+                .name
+                .as_ref()
+                .map(|n| n.get_ref().clone())
+                .unwrap_or_else(|| format!("{}_{}", name, key_kind.name()));
             if !is_label_safe(&lname) {
-                p.at(lc.name.as_ref().map(|n| n.span()), format!("{lkey}.name"), format!("`{lname}` must be 1-64 characters of a-z, 0-9 and _"));
+                p.at(
+                    lc.name.as_ref().map(|n| n.span()),
+                    format!("{lkey}.name"),
+                    format!("`{lname}` must be 1-64 characters of a-z, 0-9 and _"),
+                );
             }
             let burst = lc.burst.unwrap_or(lc.rate.count);
             let period = Duration::from_millis(lc.rate.per_ms) / lc.rate.count.get();
@@ -425,7 +515,11 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
             None => {
                 for m in method.clone().map(|m| vec![m]).unwrap_or_else(all_methods) {
                     if exact.insert((m.clone(), path_pat.clone()), idx).is_some() {
-                        p.at(Some(rc.path.span()), format!("{key}.path"), format!("{m} {path_pat} is already taken by another route"));
+                        p.at(
+                            Some(rc.path.span()),
+                            format!("{key}.path"),
+                            format!("{m} {path_pat} is already taken by another route"),
+                        );
                     }
                 }
             }
@@ -447,14 +541,22 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
     for (i, r) in file.rules.iter().enumerate() {
         for rn in r.routes.iter().flatten() {
             if !file.routes.iter().any(|rc| rc.name.get_ref() == rn.get_ref()) {
-                p.at(Some(rn.span()), format!("rules[{i}].routes"), format!("unknown route `{}`", rn.get_ref()));
+                p.at(
+                    Some(rn.span()),
+                    format!("rules[{i}].routes"),
+                    format!("unknown route `{}`", rn.get_ref()),
+                );
             }
         }
     }
 
     let default_upstream = upstreams.get("default").cloned();
     if default_upstream.is_none() && file.server.unmatched == Unmatched::Forward {
-        p.at(None, "upstreams.default", "an upstream named `default` is required while server.unmatched = \"forward\"");
+        p.at(
+            None,
+            "upstreams.default",
+            "an upstream named `default` is required while server.unmatched = \"forward\"",
+        );
     }
 
     let mut lists = Vec::new();
@@ -463,7 +565,11 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
         let key = format!("lists[{i}]");
         let name = lc.name.get_ref().clone();
         if !is_label_safe(&name) {
-            p.at(Some(lc.name.span()), format!("{key}.name"), format!("`{name}` must be 1-64 characters of a-z, 0-9 and _"));
+            p.at(
+                Some(lc.name.span()),
+                format!("{key}.name"),
+                format!("`{name}` must be 1-64 characters of a-z, 0-9 and _"),
+            );
         }
         let file_path = base_dir.join(lc.file.get_ref());
         watched.push((file_path.clone(), Fingerprint::read(&file_path)));
@@ -483,7 +589,10 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
 
     if !p.list.is_empty() {
         p.list.sort_by_key(|problem| problem.line.unwrap_or(usize::MAX));
-        return Err(ConfigError { file: path.to_path_buf(), problems: p.list });
+        return Err(ConfigError {
+            file: path.to_path_buf(),
+            problems: p.list,
+        });
     }
     Ok(Runtime {
         server: file.server.clone(),
@@ -519,7 +628,10 @@ impl Runtime {
 
     /// Replaces every upstream (the `--upstream` flag).
     pub fn override_upstream(&mut self, url: &str) -> Result<(), String> {
-        let up = Arc::new(Upstream { name: "default".into(), base: parse_upstream(url)? });
+        let up = Arc::new(Upstream {
+            name: "default".into(),
+            base: parse_upstream(url)?,
+        });
         for r in &mut self.routes {
             r.upstream = up.clone();
         }
@@ -539,7 +651,13 @@ impl Runtime {
     pub fn summary(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let _ = writeln!(s, "listen {}  admin {}  mode {}", self.server.listen, self.server.admin_listen, self.server.mode.as_str());
+        let _ = writeln!(
+            s,
+            "listen {}  admin {}  mode {}",
+            self.server.listen,
+            self.server.admin_listen,
+            self.server.mode.as_str()
+        );
         let _ = writeln!(s, "routes ({}):", self.routes.len());
         for r in &self.routes {
             let scoring = if r.scored {
@@ -554,7 +672,13 @@ impl Runtime {
             } else {
                 "counted, not scored".to_string()
             };
-            let _ = writeln!(s, "  {:<18} {:<9} -> {}  {scoring}", r.name, r.action.as_str(), r.upstream.name);
+            let _ = writeln!(
+                s,
+                "  {:<18} {:<9} -> {}  {scoring}",
+                r.name,
+                r.action.as_str(),
+                r.upstream.name
+            );
             for l in &r.limits {
                 let _ = writeln!(
                     s,
@@ -570,11 +694,26 @@ impl Runtime {
         }
         let _ = writeln!(s, "rules ({}):", self.rules.len());
         for r in &self.rules {
-            let _ = writeln!(s, "  {:<28} +{:<5} {}{}", r.name, r.score, r.expr.source(), if r.shadow { "  (shadow)" } else { "" });
+            let _ = writeln!(
+                s,
+                "  {:<28} +{:<5} {}{}",
+                r.name,
+                r.score,
+                r.expr.source(),
+                if r.shadow { "  (shadow)" } else { "" }
+            );
         }
         let _ = writeln!(s, "lists ({}):", self.lists.len());
         for l in &self.lists {
-            let _ = writeln!(s, "  {:<24} {:?} {:?}  {} entries from {}", l.name, l.kind, l.action, l.len(), l.path.display());
+            let _ = writeln!(
+                s,
+                "  {:<24} {:?} {:?}  {} entries from {}",
+                l.name,
+                l.kind,
+                l.action,
+                l.len(),
+                l.path.display()
+            );
         }
         s
     }
@@ -588,30 +727,51 @@ fn audit_config(file: &ConfigFile, base_dir: &Path) -> config::AuditConfig {
 }
 
 fn all_methods() -> Vec<Method> {
-    [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::HEAD, Method::OPTIONS].to_vec()
+    [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::HEAD,
+        Method::OPTIONS,
+    ]
+    .to_vec()
 }
 
 fn response(p: &mut Problems, key: &str, rc: &ResponseConfig) -> Response {
     let status = match http::StatusCode::from_u16(rc.status) {
         Ok(s) if (400..600).contains(&rc.status) => s,
         _ => {
-            p.at(None, format!("responses.{key}.status"), format!("{} must be an HTTP status from 400 to 599", rc.status));
+            p.at(
+                None,
+                format!("responses.{key}.status"),
+                format!("{} must be an HTTP status from 400 to 599", rc.status),
+            );
             http::StatusCode::FORBIDDEN
         }
     };
-    Response { status, code: rc.code.clone(), message: rc.message.clone() }
+    Response {
+        status,
+        code: rc.code.clone(),
+        message: rc.message.clone(),
+    }
 }
 
 fn parse_upstream(url: &str) -> Result<Uri, String> {
     let uri: Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
     if uri.scheme_str() != Some("http") {
-        return Err(format!("`{url}` must be an http:// URL (TLS to upstreams is not supported)"));
+        return Err(format!(
+            "`{url}` must be an http:// URL (TLS to upstreams is not supported)"
+        ));
     }
     if uri.authority().is_none() {
         return Err(format!("`{url}` has no host"));
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!("`{url}` must have no path or query: requests keep their own path"));
+        return Err(format!(
+            "`{url}` must have no path or query: requests keep their own path"
+        ));
     }
     Ok(uri)
 }
@@ -653,7 +813,11 @@ fn load_list(path: &Path, kind: ListKind) -> Result<ListEntries, String> {
             } else if let Ok(net) = line.parse::<IpNet>() {
                 nets.push(net.trunc());
             } else {
-                return Err(format!("{}:{}: `{line}` is not an IP address or CIDR", path.display(), n + 1));
+                return Err(format!(
+                    "{}:{}: `{line}` is not an IP address or CIDR",
+                    path.display(),
+                    n + 1
+                ));
             }
         } else {
             values.insert(line.to_string());
@@ -664,5 +828,8 @@ fn load_list(path: &Path, kind: ListKind) -> Result<ListEntries, String> {
 
 /// Names that become metric label values: short and plain, so they are safe anywhere.
 fn is_label_safe(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }

@@ -15,8 +15,14 @@ use crate::state::LimitOutcome;
 pub enum Hit {
     List(usize),
     /// Index into the route's limits.
-    Limit { index: usize, shadow: bool },
-    Rule { index: usize, shadow: bool },
+    Limit {
+        index: usize,
+        shadow: bool,
+    },
+    Rule {
+        index: usize,
+        shadow: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,8 +80,13 @@ pub fn evaluate(rt: &Runtime, route: &Route, ids: &Identities, signals: &Signals
         }
     }
     for (i, (limit, outcome)) in route.limits.iter().zip(&signals.limits).enumerate() {
-        let Some(LimitOutcome::Exceeded { retry_after_ms }) = outcome else { continue };
-        score.hits.push(Hit::Limit { index: i, shadow: limit.shadow });
+        let Some(LimitOutcome::Exceeded { retry_after_ms }) = outcome else {
+            continue;
+        };
+        score.hits.push(Hit::Limit {
+            index: i,
+            shadow: limit.shadow,
+        });
         if limit.shadow {
             score.reasons.push(format!("shadow:limit:{}", limit.name));
             continue;
@@ -99,7 +110,10 @@ pub fn evaluate(rt: &Runtime, route: &Route, ids: &Identities, signals: &Signals
         if !rule.expr.matches(values) {
             continue;
         }
-        score.hits.push(Hit::Rule { index, shadow: rule.shadow });
+        score.hits.push(Hit::Rule {
+            index,
+            shadow: rule.shadow,
+        });
         if rule.shadow {
             score.reasons.push(format!("shadow:{}", rule.name));
         } else {

@@ -182,7 +182,13 @@ pub async fn start_with(
     tasks.spawn(crate::admin::serve(gateway.clone(), admin, shutdown_rx.clone()));
     tasks.spawn(crate::reload::watch(gateway.clone(), shutdown_rx));
     info!(%addr, %admin_addr, "riskgate serving");
-    Ok(Running { addr, admin_addr, gateway, shutdown, tasks })
+    Ok(Running {
+        addr,
+        admin_addr,
+        gateway,
+        shutdown,
+        tasks,
+    })
 }
 
 async fn serve_proxy<S: StateStore>(gw: Arc<Gateway<S>>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {

@@ -2,10 +2,10 @@
 
 use smallvec::SmallVec;
 
+use crate::config::SignalsConfig;
 use crate::extract::Identities;
 use crate::features::{Feature, Features};
 use crate::runtime::Route;
-use crate::config::SignalsConfig;
 use crate::state::{combine, KeyHasher, KeyKind, LimitCheck, LimitOutcome, Observation, StateError, StateStore, KINDS};
 
 /// Features of the request, and the outcome of each of the route's limits
@@ -60,7 +60,10 @@ pub async fn observe<S: StateStore>(
         windows(&mut f, first, &r.distinct[rel]);
     }
     let linked = [r.distinct[0][1], r.distinct[4][1], r.distinct[6][1], r.distinct[7][1]];
-    f.set(Feature::LinkedAccounts24h, f64::from(linked.into_iter().max().unwrap_or(0)));
+    f.set(
+        Feature::LinkedAccounts24h,
+        f64::from(linked.into_iter().max().unwrap_or(0)),
+    );
     windows(&mut f, Feature::DeviceNewUsers1h, &r.new_users[0]);
     windows(&mut f, Feature::IpNewUsers1h, &r.new_users[1]);
     windows(&mut f, Feature::SubnetNewUsers1h, &r.new_users[2]);
@@ -68,7 +71,10 @@ pub async fn observe<S: StateStore>(
     windows(&mut f, Feature::SubnetsPerDevice1h, &r.subnets_per_device);
     windows(&mut f, Feature::InviterNewInvitees1h, &r.inviter_new_invitees);
     let fan_out = f64::from(r.distinct[5][0].max(1));
-    f.set(Feature::InviterNewShare1h, (f64::from(r.inviter_new_invitees[0]) / fan_out).min(1.0));
+    f.set(
+        Feature::InviterNewShare1h,
+        (f64::from(r.inviter_new_invitees[0]) / fan_out).min(1.0),
+    );
     let flag = |b: bool| f64::from(u8::from(b));
     f.set(Feature::InviterOnDevice, flag(r.inviter_on_device));
     f.set(Feature::InviterOnSubnet, flag(r.inviter_on_subnet));
@@ -86,16 +92,26 @@ pub async fn observe<S: StateStore>(
     f.set(Feature::HasUserAgent, flag(ids.user_agent.is_some()));
     f.set(Feature::HasInviter, flag(ids.inviter.is_some()));
     f.set(Feature::Amount, ids.amount.unwrap_or(0.0));
-    f.set(Feature::AmountJustAbove, flag(ids.amount.is_some_and(|a| just_above(a, signals))));
+    f.set(
+        Feature::AmountJustAbove,
+        flag(ids.amount.is_some_and(|a| just_above(a, signals))),
+    );
 
     let mut outcomes = r.limits.into_iter();
-    let limits = route.limits.iter().map(|l| obs.keys[l.key_kind as usize].and_then(|_| outcomes.next())).collect();
+    let limits = route
+        .limits
+        .iter()
+        .map(|l| obs.keys[l.key_kind as usize].and_then(|_| outcomes.next()))
+        .collect();
     Ok(Signals { features: f, limits })
 }
 
 /// At or within `just_above_ratio` above one of the campaign's coupon thresholds.
 fn just_above(amount: f64, signals: &SignalsConfig) -> bool {
-    signals.order_thresholds.iter().any(|t| amount >= *t && amount <= t * (1.0 + signals.just_above_ratio))
+    signals
+        .order_thresholds
+        .iter()
+        .any(|t| amount >= *t && amount <= t * (1.0 + signals.just_above_ratio))
 }
 
 /// The state operations of one request: its keys and the limits that apply.
@@ -116,7 +132,12 @@ pub fn plan(hasher: &KeyHasher, route: &Route, signals: &SignalsConfig, ids: &Id
     let limits = route
         .limits
         .iter()
-        .filter_map(|l| keys[l.key_kind as usize].map(|k| LimitCheck { key: combine(l.id, k), quota: l.quota }))
+        .filter_map(|l| {
+            keys[l.key_kind as usize].map(|k| LimitCheck {
+                key: combine(l.id, k),
+                quota: l.quota,
+            })
+        })
         .collect();
     Observation {
         ts_ms,

@@ -10,7 +10,9 @@ use common::*;
 #[tokio::test]
 async fn every_scored_request_gets_a_decision_record_with_its_event() {
     let up = Upstream::start(Duration::ZERO).await;
-    let cfg = ConfigDir::new(&small_config("[audit]\npath = \"audit/decisions.jsonl\"\ncapture_events = true\n"));
+    let cfg = ConfigDir::new(&small_config(
+        "[audit]\npath = \"audit/decisions.jsonl\"\ncapture_events = true\n",
+    ));
     std::fs::create_dir_all(cfg.dir.path().join("audit")).unwrap();
     let gw = gateway(&cfg, &up.url(), false).await;
     let c = client();
@@ -38,7 +40,11 @@ async fn a_stalled_audit_disk_never_delays_requests() {
     let cfg = ConfigDir::new(&small_config("[audit]\npath = \"stalled.fifo\"\nqueue_capacity = 16\n"));
     // A FIFO nobody reads: the writer blocks forever opening it, like a hung disk.
     let fifo = cfg.dir.path().join("stalled.fifo");
-    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     let gw = gateway(&cfg, &up.url(), false).await;
     let c = client();
     for i in 0..200 {
@@ -48,8 +54,16 @@ async fn a_stalled_audit_disk_never_delays_requests() {
     assert_eq!(up.seen().len(), 200, "every request was served");
     let m = metrics(&c, gw.admin_addr).await;
     let dropped = metric(&m, r#"riskgate_audit_records_total{outcome="dropped"}"#).unwrap_or(0.0);
-    assert!(dropped >= 200.0 - 17.0, "records beyond the queue are dropped and counted: {dropped}\n{m}");
-    assert_eq!(metric(&m, r#"riskgate_audit_records_total{outcome="written"}"#), Some(0.0));
+    assert!(
+        dropped >= 200.0 - 17.0,
+        "records beyond the queue are dropped and counted: {dropped}\n{m}"
+    );
+    assert_eq!(
+        metric(&m, r#"riskgate_audit_records_total{outcome="written"}"#),
+        Some(0.0)
+    );
     // Shutdown is not held by the stalled writer either.
-    tokio::time::timeout(Duration::from_secs(15), gw.shutdown()).await.expect("shutdown completes");
+    tokio::time::timeout(Duration::from_secs(15), gw.shutdown())
+        .await
+        .expect("shutdown completes");
 }

@@ -13,24 +13,36 @@ fn riskgate() -> Command {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
 fn check_config_summarises_the_default_config() {
-    let out = riskgate().args(["check-config", "config/riskgate.toml"]).output().unwrap();
+    let out = riskgate()
+        .args(["check-config", "config/riskgate.toml"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    for needle in ["coupon_claim", "limit coupon_claim_device", "device_many_accounts", "blocked_devices", "counted, not scored"] {
+    for needle in [
+        "coupon_claim",
+        "limit coupon_claim_device",
+        "device_many_accounts",
+        "blocked_devices",
+        "counted, not scored",
+    ] {
         assert!(stdout.contains(needle), "missing {needle} in\n{stdout}");
     }
 }
 
 #[test]
 fn check_config_reports_every_problem_with_line_and_key() {
-    let cfg = ConfigDir::new(
-        &small_config(
-            r#"
+    let cfg = ConfigDir::new(&small_config(
+        r#"
 [[routes.limits]]
 key = "wallet"
 rate = "3/h"
@@ -45,8 +57,7 @@ name = "Bad-Name"
 when = "has_device == 0"
 score = 2.0
 "#,
-        ),
-    );
+    ));
     let out = riskgate().arg("check-config").arg(cfg.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -54,7 +65,9 @@ score = 2.0
     let file = cfg.path().display().to_string();
     for needle in [
         format!("{file}:21: routes[0].limits[0].key: unknown key `wallet`"),
-        format!("{file}:26: rules[0].when: in `users_per_devise_24h > 3`: column 1: unknown feature `users_per_devise_24h`"),
+        format!(
+            "{file}:26: rules[0].when: in `users_per_devise_24h > 3`: column 1: unknown feature `users_per_devise_24h`"
+        ),
         format!("{file}:30: rules[1].name: `Bad-Name` must be"),
         format!("{file}:32: rules[1].score: 2 must be in (0, 1]"),
     ] {
@@ -80,7 +93,12 @@ fn serve_honours_its_flags_reloads_on_sighup_and_drains_on_sigterm() {
         .arg("serve")
         .arg("--config")
         .arg(cfg.path())
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin_port}"),
+        ])
         .args(["--upstream", &up.url(), "--shadow", "--state", "memory"])
         .stderr(Stdio::piped())
         .spawn()
@@ -92,12 +110,26 @@ fn serve_honours_its_flags_reloads_on_sighup_and_drains_on_sigterm() {
         let up_now = eventually(|| std::net::TcpStream::connect(addr).is_ok()).await;
         assert!(up_now, "gateway listens");
         // --shadow: a request without a device id under a strict rule is still forwarded.
-        let a = send(&c, "POST", &format!("http://{addr}/api/coupon/claim"), &[("x-user-id", "u1")], "{}").await;
+        let a = send(
+            &c,
+            "POST",
+            &format!("http://{addr}/api/coupon/claim"),
+            &[("x-user-id", "u1")],
+            "{}",
+        )
+        .await;
         assert_eq!(a.status, 200);
         assert_eq!(up.seen().len(), 1, "--upstream was used");
 
-        cfg.write("riskgate.toml", &small_config("[[rules]]\nname = \"no_device\"\nwhen = \"has_device == 0\"\nscore = 0.9\n").replace("reload_poll_ms = 50", "reload_poll_ms = 3600000"));
-        let status = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+        cfg.write(
+            "riskgate.toml",
+            &small_config("[[rules]]\nname = \"no_device\"\nwhen = \"has_device == 0\"\nscore = 0.9\n")
+                .replace("reload_poll_ms = 50", "reload_poll_ms = 3600000"),
+        );
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
         let mut reloaded = false;
         for _ in 0..100 {
@@ -109,13 +141,23 @@ fn serve_honours_its_flags_reloads_on_sighup_and_drains_on_sigterm() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(reloaded, "SIGHUP reloads the config");
-        let a = send(&c, "POST", &format!("http://{addr}/api/coupon/claim"), &[("x-user-id", "u1")], "{}").await;
+        let a = send(
+            &c,
+            "POST",
+            &format!("http://{addr}/api/coupon/claim"),
+            &[("x-user-id", "u1")],
+            "{}",
+        )
+        .await;
         assert_eq!(a.status, 200, "still shadow after the reload");
         let seen = up.seen();
         assert_eq!(seen.last().unwrap().header("x-risk-reasons"), Some("no_device"));
         assert_eq!(seen.last().unwrap().header("x-risk-decision"), Some("review"));
     });
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let mut exited = None;
     for _ in 0..200 {
         if let Some(status) = child.try_wait().unwrap() {
@@ -131,10 +173,22 @@ fn serve_honours_its_flags_reloads_on_sighup_and_drains_on_sigterm() {
 #[test]
 fn serve_refuses_a_bad_config_and_an_unknown_state_backend() {
     let cfg = ConfigDir::new("[server]\nlisten = \"nowhere\"\n");
-    let out = riskgate().arg("serve").arg("--config").arg(cfg.path()).output().unwrap();
+    let out = riskgate()
+        .arg("serve")
+        .arg("--config")
+        .arg(cfg.path())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("riskgate.toml:2"), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = riskgate().args(["serve", "--config", "config/riskgate.toml", "--state", "etcd://x"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("riskgate.toml:2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = riskgate()
+        .args(["serve", "--config", "config/riskgate.toml", "--state", "etcd://x"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--state"));
 }

@@ -18,7 +18,14 @@ async fn allowed_request_reaches_upstream_intact_with_risk_headers() {
         &c,
         "POST",
         &format!("http://{}/api/coupon/claim?x=1&y=%20", gw.addr),
-        &[("x-user-id", "u1"), ("x-device-id", "d1"), ("x-app-version", "8.0.47"), ("x-request-id", "req-abc"), ("connection", "keep-alive, x-hop"), ("x-hop", "secret")],
+        &[
+            ("x-user-id", "u1"),
+            ("x-device-id", "d1"),
+            ("x-app-version", "8.0.47"),
+            ("x-request-id", "req-abc"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "secret"),
+        ],
         body,
     )
     .await;
@@ -47,7 +54,11 @@ async fn client_sent_risk_headers_never_reach_upstream() {
     let cfg = ConfigDir::new(&small_config(""));
     let gw = gateway(&cfg, &up.url(), false).await;
     let c = client();
-    let forged = [("x-risk-score", "0.000"), ("x-risk-decision", "allow"), ("x-risk-reasons", "trusted")];
+    let forged = [
+        ("x-risk-score", "0.000"),
+        ("x-risk-decision", "allow"),
+        ("x-risk-reasons", "trusted"),
+    ];
     // On a scored route, and on a path no route matches (forwarded unscored).
     claim(&c, gw.addr, "u1", "d1", &forged).await;
     send(&c, "GET", &format!("http://{}/static/app.js", gw.addr), &forged, "").await;
@@ -86,12 +97,23 @@ burst = 3
     let body: serde_json::Value = serde_json::from_str(&a.body).unwrap();
     assert_eq!(body["code"], "rate_limited");
     assert!(body["request_id"].as_str().is_some_and(|s| !s.is_empty()));
-    assert!(!a.body.contains("score") && !a.body.contains("limit:"), "no score or reason leaks: {}", a.body);
+    assert!(
+        !a.body.contains("score") && !a.body.contains("limit:"),
+        "no score or reason leaks: {}",
+        a.body
+    );
     // Another device is unaffected.
     assert_eq!(claim(&c, gw.addr, "u9", "dev-other", &[]).await.status, 200);
     assert_eq!(up.seen().len(), 4);
     let m = metrics(&c, gw.admin_addr).await;
-    assert_eq!(metric(&m, r#"riskgate_limit_hits_total{limit="coupon_claim_device",mode="enforce",route="coupon_claim"}"#), Some(1.0), "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            r#"riskgate_limit_hits_total{limit="coupon_claim_device",mode="enforce",route="coupon_claim"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
     gw.shutdown().await;
 }
 
@@ -103,18 +125,29 @@ async fn the_default_config_blocks_a_device_with_many_accounts() {
     let c = client();
     let mut statuses = vec![];
     for user in ["farm-1", "farm-2", "farm-3", "farm-4", "farm-5"] {
+        browse(&c, gw.addr, user, "farm-phone").await;
         statuses.push(claim(&c, gw.addr, user, "farm-phone", &[]).await.status.as_u16());
     }
     // Two accounts on one phone pass, the third is flagged for review (forwarded), the
     // fourth and later are blocked by device_many_accounts.
     assert_eq!(statuses, vec![200, 200, 200, 403, 403]);
-    let seen = up.seen();
-    assert_eq!(seen.len(), 3);
-    assert_eq!(seen[2].header("x-risk-decision"), Some("review"));
-    assert_eq!(seen[2].header("x-risk-reasons"), Some("device_shared_accounts"));
+    let claims: Vec<_> = up.seen().into_iter().filter(|s| s.method == "POST").collect();
+    assert_eq!(claims.len(), 3);
+    assert_eq!(claims[2].header("x-risk-decision"), Some("review"));
+    assert_eq!(claims[2].header("x-risk-reasons"), Some("device_shared_accounts"));
     let m = metrics(&c, gw.admin_addr).await;
-    assert_eq!(metric(&m, r#"riskgate_rule_hits_total{mode="enforce",rule="device_many_accounts"}"#), Some(2.0), "{m}");
-    assert_eq!(metric(&m, r#"riskgate_requests_total{decision="block",route="coupon_claim"}"#), Some(2.0));
+    assert_eq!(
+        metric(
+            &m,
+            r#"riskgate_rule_hits_total{mode="enforce",rule="device_many_accounts"}"#
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, r#"riskgate_requests_total{decision="block",route="coupon_claim"}"#),
+        Some(2.0)
+    );
     gw.shutdown().await;
 }
 
@@ -125,15 +158,23 @@ async fn shadow_mode_forwards_everything_but_records_the_decision() {
     let gw = gateway(&cfg, &up.url(), true).await;
     let c = client();
     for user in ["s-1", "s-2", "s-3", "s-4", "s-5"] {
+        browse(&c, gw.addr, user, "shadow-phone").await;
         assert_eq!(claim(&c, gw.addr, user, "shadow-phone", &[]).await.status, 200);
     }
-    let seen = up.seen();
+    let seen: Vec<_> = up.seen().into_iter().filter(|s| s.method == "POST").collect();
     assert_eq!(seen.len(), 5);
     // The upstream sees a stopped request as review, with its reasons.
     assert_eq!(seen[4].header("x-risk-decision"), Some("review"));
-    assert!(seen[4].header("x-risk-reasons").unwrap().contains("device_many_accounts"));
+    assert!(seen[4]
+        .header("x-risk-reasons")
+        .unwrap()
+        .contains("device_many_accounts"));
     let m = metrics(&c, gw.admin_addr).await;
-    assert_eq!(metric(&m, r#"riskgate_requests_total{decision="block",route="coupon_claim"}"#), Some(2.0), "{m}");
+    assert_eq!(
+        metric(&m, r#"riskgate_requests_total{decision="block",route="coupon_claim"}"#),
+        Some(2.0),
+        "{m}"
+    );
     gw.shutdown().await;
 }
 
@@ -156,7 +197,14 @@ file = "lists/bad_ips.txt"
         let gw = gateway(&cfg, &up.url(), false).await;
         let c = client();
         // The left-most entry is client-written; only the right-most untrusted hop counts.
-        let a = claim(&c, gw.addr, "u1", "d1", &[("x-forwarded-for", "198.51.100.1, 203.0.113.7")]).await;
+        let a = claim(
+            &c,
+            gw.addr,
+            "u1",
+            "d1",
+            &[("x-forwarded-for", "198.51.100.1, 203.0.113.7")],
+        )
+        .await;
         assert_eq!(a.status, expect, "trusted_proxies = {trusted}");
         gw.shutdown().await;
     }
@@ -169,14 +217,25 @@ async fn oversized_bodies_get_413() {
     let gw = gateway(&cfg, &up.url(), false).await;
     let c = client();
     let big = format!(r#"{{"campaign_id":"{}"}}"#, "x".repeat(4096));
-    let a = send(&c, "POST", &format!("http://{}/api/coupon/claim", gw.addr), &[("x-user-id", "u1")], &big).await;
+    let a = send(
+        &c,
+        "POST",
+        &format!("http://{}/api/coupon/claim", gw.addr),
+        &[("x-user-id", "u1")],
+        &big,
+    )
+    .await;
     assert_eq!(a.status, 413);
     // Unmatched (streamed) paths too.
     let a = send(&c, "POST", &format!("http://{}/upload", gw.addr), &[], &big).await;
     assert_eq!(a.status, 413);
     assert!(up.seen().is_empty());
     let m = metrics(&c, gw.admin_addr).await;
-    assert_eq!(metric(&m, r#"riskgate_rejected_requests_total{reason="body_too_large"}"#), Some(2.0), "{m}");
+    assert_eq!(
+        metric(&m, r#"riskgate_rejected_requests_total{reason="body_too_large"}"#),
+        Some(2.0),
+        "{m}"
+    );
     gw.shutdown().await;
 }
 
@@ -201,7 +260,14 @@ async fn upstream_down_is_502_and_slow_is_504() {
     assert_eq!(a.status, 504, "{}", a.body);
     assert!(started.elapsed() < Duration::from_secs(3));
     let m = metrics(&c, gw.admin_addr).await;
-    assert_eq!(metric(&m, r#"riskgate_upstream_errors_total{kind="timeout",route="coupon_claim"}"#), Some(1.0), "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            r#"riskgate_upstream_errors_total{kind="timeout",route="coupon_claim"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
     gw.shutdown().await;
 }
 
@@ -218,34 +284,59 @@ score = 0.5
     let gw = gateway(&cfg, &up.url(), false).await;
     let c = client();
     let no_device = |c: TestClient, addr| async move {
-        send(&c, "POST", &format!("http://{addr}/api/coupon/claim"), &[("x-user-id", "u1")], r#"{"campaign_id":"c"}"#).await
+        send(
+            &c,
+            "POST",
+            &format!("http://{addr}/api/coupon/claim"),
+            &[("x-user-id", "u1")],
+            r#"{"campaign_id":"c"}"#,
+        )
+        .await
     };
     // 0.5 is review under the default policy: forwarded.
     assert_eq!(no_device(c.clone(), gw.addr).await.status, 200);
 
     // Lower the block threshold: the same request is now blocked.
-    cfg.write("riskgate.toml", &small_config(rule).replace("challenge = 0.6\nblock = 0.85", "challenge = 0.4\nblock = 0.5"));
+    cfg.write(
+        "riskgate.toml",
+        &small_config(rule).replace("challenge = 0.6\nblock = 0.85", "challenge = 0.4\nblock = 0.5"),
+    );
     let reloaded = eventually(|| gw.gateway.runtime.load().routes[0].policy.block == 0.5).await;
     assert!(reloaded, "the new threshold was picked up");
     assert_eq!(no_device(c.clone(), gw.addr).await.status, 403);
 
     // A broken file: the running config stays, the failure is counted.
-    cfg.write("riskgate.toml", &small_config(rule).replace("block = 0.85", "block = \"high\""));
+    cfg.write(
+        "riskgate.toml",
+        &small_config(rule).replace("block = 0.85", "block = \"high\""),
+    );
     let counted = eventually(|| gw.gateway.metrics.reloads.with_label_values(&["failure"]).get() >= 1).await;
     assert!(counted);
-    assert_eq!(no_device(c.clone(), gw.addr).await.status, 403, "old config still serving");
+    assert_eq!(
+        no_device(c.clone(), gw.addr).await.status,
+        403,
+        "old config still serving"
+    );
     let m = metrics(&c, gw.admin_addr).await;
-    assert_eq!(metric(&m, r#"riskgate_config_reloads_total{outcome="success"}"#), Some(1.0), "{m}");
+    assert_eq!(
+        metric(&m, r#"riskgate_config_reloads_total{outcome="success"}"#),
+        Some(1.0),
+        "{m}"
+    );
     assert_eq!(metric(&m, "riskgate_config_last_reload_successful"), Some(0.0));
 
     // A list file change reloads too.
-    cfg.write("riskgate.toml", &(small_config(rule).replace("challenge = 0.6\nblock = 0.85", "challenge = 0.4\nblock = 0.5") + r#"
+    cfg.write(
+        "riskgate.toml",
+        &(small_config(rule).replace("challenge = 0.6\nblock = 0.85", "challenge = 0.4\nblock = 0.5")
+            + r#"
 [[lists]]
 name = "vip"
 kind = "user"
 action = "allow"
 file = "lists/vip.txt"
-"#));
+"#),
+    );
     cfg.write("lists/vip.txt", "");
     assert!(eventually(|| gw.gateway.runtime.load().lists.len() == 1).await);
     cfg.write("lists/vip.txt", "u1\n");
@@ -260,6 +351,7 @@ async fn metrics_expose_the_named_series() {
     let cfg = ConfigDir::default_config();
     let gw = gateway(&cfg, &up.url(), false).await;
     let c = client();
+    browse(&c, gw.addr, "u1", "d1").await;
     claim(&c, gw.addr, "u1", "d1", &[]).await;
     let a = send(&c, "GET", &format!("http://{}/healthz", gw.admin_addr), &[], "").await;
     assert_eq!(a.status, 200);
@@ -309,7 +401,10 @@ async fn a_flood_of_new_device_ids_stays_within_the_memory_budget() {
         .map(|t| metric(&m, &format!("riskgate_state_memory_bytes{{table=\"{t}\"}}")).unwrap())
         .sum();
     assert!(used <= 1024.0 * 1024.0, "state uses {used} bytes, budget 1 MiB\n{m}");
-    assert!(metric(&m, r#"riskgate_state_evictions_total{table="counters"}"#).unwrap() > 0.0, "{m}");
+    assert!(
+        metric(&m, r#"riskgate_state_evictions_total{table="counters"}"#).unwrap() > 0.0,
+        "{m}"
+    );
     gw.shutdown().await;
 }
 

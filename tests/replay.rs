@@ -10,20 +10,45 @@ fn riskgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_riskgate"))
 }
 
-/// A device farm (five accounts on one phone, one request each) and five honest users,
-/// one second apart, labelled; plus a bad line and an unrouted path.
+/// A device farm (five accounts on one phone) and five honest users, labelled, taking
+/// turns: each views the campaign page twice, then claims, six seconds apart; plus a bad
+/// line and an unrouted path.
 fn events() -> String {
     let mut lines = vec![];
-    let mut ts = 1_762_819_200_000u64;
-    for i in 0..5 {
-        ts += 1_000;
-        lines.push(format!(
-            r#"{{"ts_ms":{ts},"method":"POST","path":"/api/coupon/claim","query":"","client_ip":"198.51.100.{i}","headers":{{"x-request-id":"farm-{i}","x-user-id":"farm-u{i}","x-device-id":"farm-phone"}},"body":{{"campaign_id":"c-1"}},"label":{{"fraud":true,"kind":"device_farm","actor":"farm-1"}}}}"#
-        ));
-        ts += 1_000;
-        lines.push(format!(
-            r#"{{"ts_ms":{ts},"method":"POST","path":"/api/coupon/claim","query":"","client_ip":"203.0.113.{i}","headers":{{"x-request-id":"ok-{i}","x-user-id":"user-{i}","x-device-id":"phone-{i}"}},"body":{{"campaign_id":"c-1"}},"label":{{"fraud":false,"kind":"normal"}}}}"#
-        ));
+    let t0 = 1_762_819_200_000u64;
+    let who = |i: u64, farm: bool| {
+        if farm {
+            (
+                format!("farm-u{i}"),
+                "farm-phone".to_string(),
+                format!("198.51.100.{i}"),
+                r#"{"fraud":true,"kind":"device_farm","actor":"farm-1"}"#,
+            )
+        } else {
+            (
+                format!("user-{i}"),
+                format!("phone-{i}"),
+                format!("203.0.113.{i}"),
+                r#"{"fraud":false,"kind":"normal"}"#,
+            )
+        }
+    };
+    let mut ts = t0;
+    for i in 0..5u64 {
+        for farm in [true, false] {
+            let (user, device, ip, label) = who(i, farm);
+            for _ in 0..2 {
+                ts += 6_000;
+                lines.push(format!(
+                    r#"{{"ts_ms":{ts},"method":"GET","path":"/api/campaign/detail","query":"campaign_id=c-1","client_ip":"{ip}","headers":{{"x-user-id":"{user}","x-device-id":"{device}","x-app-version":"8.0.47"}},"label":{label}}}"#
+                ));
+            }
+            ts += 6_000;
+            let id = if farm { format!("farm-{i}") } else { format!("ok-{i}") };
+            lines.push(format!(
+                r#"{{"ts_ms":{ts},"method":"POST","path":"/api/coupon/claim","query":"","client_ip":"{ip}","headers":{{"x-request-id":"{id}","x-user-id":"{user}","x-device-id":"{device}","x-app-version":"8.0.47"}},"body":{{"campaign_id":"c-1"}},"label":{label}}}"#
+            ));
+        }
     }
     lines.insert(3, "this is not json".to_string());
     lines.push(r#"{"ts_ms":1762819300000,"method":"GET","path":"/favicon.ico","client_ip":"203.0.113.9"}"#.to_string());
@@ -51,23 +76,36 @@ fn replay(cfg: &ConfigDir, extra: &[&str]) -> (std::process::Output, String) {
 #[test]
 fn replay_writes_one_record_per_event_deterministically_with_a_summary() {
     let cfg = ConfigDir::default_config();
-    let (out, first) = replay(&cfg, &["--report", cfg.dir.path().join("report.json").to_str().unwrap()]);
+    let (out, first) = replay(
+        &cfg,
+        &["--report", cfg.dir.path().join("report.json").to_str().unwrap()],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     // The bad line is reported with its number and skipped.
     assert!(stderr.contains("events.jsonl:4: skipped, not an event"), "{stderr}");
-    let records: Vec<serde_json::Value> = first.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(records.len(), 11, "10 claims + 1 unrouted, the bad line skipped");
+    let all: Vec<serde_json::Value> = first.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(
+        all.len(),
+        31,
+        "20 page views + 10 claims + 1 unrouted, the bad line skipped"
+    );
+    let (views, records): (Vec<_>, Vec<_>) = all.iter().partition(|r| r["route"] == "campaign_detail");
+    assert_eq!(views.len(), 20);
+    assert!(views.iter().all(|r| r["decision"] == "allow"));
     let decisions: Vec<&str> = records.iter().map(|r| r["decision"].as_str().unwrap()).collect();
     // Farm requests are at even positions: accounts 1-2 pass, 3 is reviewed, 4-5 blocked.
-    assert_eq!(decisions[..10], ["allow", "allow", "allow", "allow", "review", "allow", "block", "allow", "block", "allow"]);
+    assert_eq!(
+        decisions[..10],
+        ["allow", "allow", "allow", "allow", "review", "allow", "block", "allow", "block", "allow"]
+    );
     assert_eq!(records[6]["request_id"], "farm-3");
     assert_eq!(records[6]["reasons"][0], "device_many_accounts");
     assert_eq!(records[6]["label"]["kind"], "device_farm");
     assert_eq!(records[6]["identities"]["device"], "farm-phone");
     assert_eq!(records[6]["mode"], "enforce");
     assert_eq!(records[10]["route"], "unmatched");
-    assert_eq!(records[10]["request_id"], "line-12");
+    assert_eq!(records[10]["request_id"], "line-32");
 
     // Summary: 2 of 5 farm requests stopped, 0 of 5 normal ones.
     let report: serde_json::Value =
@@ -80,7 +118,10 @@ fn replay_writes_one_record_per_event_deterministically_with_a_summary() {
     assert_eq!(s["confusion"]["true_negative"], 5);
     assert_eq!(s["by_kind"]["device_farm"]["block"], 2);
     assert_eq!(s["by_reason"]["device_many_accounts"], 2);
-    assert!(stderr.contains("precision 1.0000  recall 0.4000  false-positive rate 0.0000%"), "{stderr}");
+    assert!(
+        stderr.contains("precision 1.0000  recall 0.4000  false-positive rate 0.0000%"),
+        "{stderr}"
+    );
 
     // Same input, same config: byte-identical output.
     let (_, second) = replay(&cfg, &[]);
@@ -114,7 +155,7 @@ fn replay_reads_and_writes_gzip_and_stdio() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 11);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 31);
 }
 
 #[test]
@@ -122,13 +163,24 @@ fn backtest_diff_reports_a_known_flip() {
     let cfg = ConfigDir::default_config();
     let base = std::fs::read_to_string(cfg.path()).unwrap();
     // The candidate blocks at three accounts per device instead of four.
-    let candidate = base.replace("when = \"users_per_device_24h >= 4\"", "when = \"users_per_device_24h >= 3\"");
+    let candidate = base.replace(
+        "when = \"users_per_device_24h >= 4\"",
+        "when = \"users_per_device_24h >= 3\"",
+    );
     assert_ne!(base, candidate);
     cfg.write("baseline.toml", &base);
     cfg.write("riskgate.toml", &candidate);
     let baseline = cfg.dir.path().join("baseline.toml");
     let report = cfg.dir.path().join("diff.json");
-    let (out, _) = replay(&cfg, &["--baseline", baseline.to_str().unwrap(), "--report", report.to_str().unwrap()]);
+    let (out, _) = replay(
+        &cfg,
+        &[
+            "--baseline",
+            baseline.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("backtest diff: 1 requests change decision"), "{stderr}");

@@ -32,13 +32,29 @@ struct Req<'a> {
 
 impl<'a> Req<'a> {
     fn claim(ts: u64, user: &'a str, device: &'a str, ip: &'a str) -> Self {
-        Req { ts, path: "/api/coupon/claim", user, device: Some(device), ip, body: json!({"campaign_id": "c-1", "coupon_id": "new-user-50"}), ua: "Mozilla/5.0 (iPhone) MicroMessenger/8.0.47" }
+        Req {
+            ts,
+            path: "/api/coupon/claim",
+            user,
+            device: Some(device),
+            ip,
+            body: json!({"campaign_id": "c-1", "coupon_id": "new-user-50"}),
+            ua: "Mozilla/5.0 (iPhone) MicroMessenger/8.0.47",
+        }
     }
     fn assist(ts: u64, user: &'a str, device: &'a str, ip: &'a str, inviter: &str) -> Self {
-        Req { path: "/api/referral/assist", body: json!({"campaign_id": "c-1", "inviter_id": inviter}), ..Req::claim(ts, user, device, ip) }
+        Req {
+            path: "/api/referral/assist",
+            body: json!({"campaign_id": "c-1", "inviter_id": inviter}),
+            ..Req::claim(ts, user, device, ip)
+        }
     }
     fn browse(ts: u64, user: &'a str, device: &'a str, ip: &'a str) -> Self {
-        Req { path: "/api/campaign/detail", body: serde_json::Value::Null, ..Req::claim(ts, user, device, ip) }
+        Req {
+            path: "/api/campaign/detail",
+            body: serde_json::Value::Null,
+            ..Req::claim(ts, user, device, ip)
+        }
     }
     fn order(ts: u64, user: &'a str, device: &'a str, amount: f64, pay: &str, address: &str) -> Self {
         Req {
@@ -53,7 +69,11 @@ impl World {
     fn new() -> World {
         let hasher = KeyHasher::seeded(3);
         let rt = runtime::load(Path::new("config/riskgate.toml"), &hasher).unwrap();
-        World { rt, state: MemoryState::new(64 << 20, 90_000_000), hasher }
+        World {
+            rt,
+            state: MemoryState::new(64 << 20, 90_000_000),
+            hasher,
+        }
     }
 
     fn send(&self, r: Req) -> Assessment {
@@ -76,12 +96,19 @@ impl World {
             label: None,
         };
         let fut = pipeline::assess(&self.rt, &self.state, &self.hasher, &event);
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(fut).expect("routed")
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(fut)
+            .expect("routed")
     }
 }
 
 fn f(a: &Assessment, name: &str) -> f64 {
-    a.features.as_ref().unwrap().get(features::by_name(name).unwrap_or_else(|| panic!("no feature {name}")))
+    a.features
+        .as_ref()
+        .unwrap()
+        .get(features::by_name(name).unwrap_or_else(|| panic!("no feature {name}")))
 }
 
 #[test]
@@ -109,7 +136,14 @@ fn a_family_sharing_a_phone_and_an_address_is_not_stopped() {
         let t = i as u64 * 600_000;
         w.send(Req::browse(t, user, "family-phone", "198.51.100.8"));
         w.send(Req::browse(t + 9_000, user, "family-phone", "198.51.100.8"));
-        let a = w.send(Req::order(t + 40_000, user, "family-phone", 180.0, &format!("pay-{user}"), "home"));
+        let a = w.send(Req::order(
+            t + 40_000,
+            user,
+            "family-phone",
+            180.0,
+            &format!("pay-{user}"),
+            "home",
+        ));
         assert_eq!(a.decision, Decision::Allow, "{user}: {:?}", a.score.reasons);
         assert_eq!(f(&a, "users_per_address_24h"), i as f64 + 1.0);
         assert_eq!(f(&a, "users_per_device_24h"), i as f64 + 1.0);
@@ -123,9 +157,23 @@ fn a_carrier_nat_is_many_accounts_on_one_ip_but_nothing_else() {
     let mut last = None;
     for i in 0..40u64 {
         // Unrelated people: their own phones, models and app builds.
-        let (user, device, ua) = (format!("nat-user-{i}"), format!("nat-phone-{i}"), format!("Mozilla/5.0 (Linux; Android 1{}; M{i}) MicroMessenger/8.0.4{}", i % 4, i % 7));
-        w.send(Req { ua: &ua, ..Req::browse(i * 30_000, &user, &device, "203.0.113.9") });
-        last = Some(w.send(Req { ua: &ua, ..Req::claim(i * 30_000 + 12_000, &user, &device, "203.0.113.9") }));
+        let (user, device, ua) = (
+            format!("nat-user-{i}"),
+            format!("nat-phone-{i}"),
+            format!(
+                "Mozilla/5.0 (Linux; Android 1{}; M{i}) MicroMessenger/8.0.4{}",
+                i % 4,
+                i % 7
+            ),
+        );
+        w.send(Req {
+            ua: &ua,
+            ..Req::browse(i * 30_000, &user, &device, "203.0.113.9")
+        });
+        last = Some(w.send(Req {
+            ua: &ua,
+            ..Req::claim(i * 30_000 + 12_000, &user, &device, "203.0.113.9")
+        }));
         let a = last.as_ref().unwrap();
         assert!(!a.decision.stops(), "user {i}: {:?}", a.score.reasons);
     }
@@ -152,7 +200,12 @@ fn referral_rings_chains_and_self_invites_are_seen() {
     assert!(a.decision.stops(), "{:?}", a.score.reasons);
     // C, unrelated, assists D who never assisted anyone: nothing to see.
     let c = w.send(Req::assist(180_000, "C", "phone-c", "192.0.2.50", "D"));
-    for name in ["inviter_on_device", "inviter_on_subnet", "referral_ring", "inviter_is_invitee"] {
+    for name in [
+        "inviter_on_device",
+        "inviter_on_subnet",
+        "referral_ring",
+        "inviter_is_invitee",
+    ] {
         assert_eq!(f(&c, name), 0.0, "{name}");
     }
 }
@@ -162,7 +215,11 @@ fn a_crowd_assisting_one_inviter_in_a_burst_is_stopped() {
     let w = World::new();
     let mut last = None;
     for i in 0..6u64 {
-        let (user, device, ip) = (format!("crowd-{i}"), format!("crowd-phone-{i}"), format!("198.18.{i}.9"));
+        let (user, device, ip) = (
+            format!("crowd-{i}"),
+            format!("crowd-phone-{i}"),
+            format!("198.18.{i}.9"),
+        );
         w.send(Req::browse(i * 5_000, &user, &device, &ip));
         last = Some(w.send(Req::assist(i * 5_000 + 3_000, &user, &device, &ip, "boss")));
     }
@@ -207,7 +264,12 @@ fn a_device_rotating_networks_is_seen() {
     let w = World::new();
     let mut last = None;
     for i in 0..5u64 {
-        last = Some(w.send(Req::claim(i * 60_000, &format!("rot-{i}"), "rot-phone", &format!("198.18.{}.1", 10 + i))));
+        last = Some(w.send(Req::claim(
+            i * 60_000,
+            &format!("rot-{i}"),
+            "rot-phone",
+            &format!("198.18.{}.1", 10 + i),
+        )));
     }
     let a = last.unwrap();
     assert_eq!(f(&a, "subnets_per_device_1h"), 5.0);
@@ -221,14 +283,28 @@ fn fake_orders_share_payment_accounts_just_above_the_threshold() {
     for i in 0..3u64 {
         let user = format!("fake-{i}");
         let device = format!("fake-phone-{i}");
-        last = Some(w.send(Req::order(i * 90_000, &user, &device, 101.5, "pay-shared", &format!("addr-{i}"))));
+        last = Some(w.send(Req::order(
+            i * 90_000,
+            &user,
+            &device,
+            101.5,
+            "pay-shared",
+            &format!("addr-{i}"),
+        )));
     }
     let a = last.unwrap();
     assert_eq!(f(&a, "amount_just_above_threshold"), 1.0);
     assert_eq!(f(&a, "users_per_pay_24h"), 3.0);
     assert!(a.decision.stops(), "{:?}", a.score.reasons);
     for (amount, expect) in [(100.0, 1.0), (105.0, 1.0), (105.5, 0.0), (99.99, 0.0), (250.0, 0.0)] {
-        let a = w.send(Req::order(500_000, "buyer", "buyer-phone", amount, "pay-own", "addr-own"));
+        let a = w.send(Req::order(
+            500_000,
+            "buyer",
+            "buyer-phone",
+            amount,
+            "pay-own",
+            "addr-own",
+        ));
         assert_eq!(f(&a, "amount_just_above_threshold"), expect, "{amount}");
     }
 }
@@ -238,12 +314,22 @@ fn cloned_device_profiles_count_new_devices_per_user_agent() {
     let w = World::new();
     let mut last = None;
     for i in 0..3u64 {
-        let r = Req { ua: "Mozilla/5.0 (Linux; Android 10; SM-G9600) MicroMessenger/8.0.40", ..Req::claim(i * 1_000, "x", "y", "198.18.3.3") };
+        let r = Req {
+            ua: "Mozilla/5.0 (Linux; Android 10; SM-G9600) MicroMessenger/8.0.40",
+            ..Req::claim(i * 1_000, "x", "y", "198.18.3.3")
+        };
         let (user, device) = (format!("clone-{i}"), format!("clone-dev-{i}"));
-        last = Some(w.send(Req { user: &user, device: Some(&device), ..r }));
+        last = Some(w.send(Req {
+            user: &user,
+            device: Some(&device),
+            ..r
+        }));
     }
     assert_eq!(f(&last.unwrap(), "ua_new_devices_1h"), 3.0);
     // Seen devices do not count again.
-    let a = w.send(Req { ua: "Mozilla/5.0 (Linux; Android 10; SM-G9600) MicroMessenger/8.0.40", ..Req::claim(9_000, "clone-0", "clone-dev-0", "198.18.3.3") });
+    let a = w.send(Req {
+        ua: "Mozilla/5.0 (Linux; Android 10; SM-G9600) MicroMessenger/8.0.40",
+        ..Req::claim(9_000, "clone-0", "clone-dev-0", "198.18.3.3")
+    });
     assert_eq!(f(&a, "ua_new_devices_1h"), 3.0);
 }

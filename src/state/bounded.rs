@@ -64,7 +64,11 @@ impl<V: Default + HeapSize> BoundedMap<V> {
         // values have any; the slot count is rounded down to a power of two so that the
         // table never regrows past it (a table's capacity is 7/8 of its bucket count).
         let per_generation = budget_bytes / SHARDS / 2;
-        let for_slots = if V::HAS_HEAP { per_generation / 4 * 3 } else { per_generation };
+        let for_slots = if V::HAS_HEAP {
+            per_generation / 4 * 3
+        } else {
+            per_generation
+        };
         let buckets = prev_power_of_two((for_slots / slot).max(8));
         let max_young = buckets / 8 * 7;
         let max_young_heap = per_generation.saturating_sub(buckets * slot);
@@ -79,7 +83,13 @@ impl<V: Default + HeapSize> BoundedMap<V> {
                 })
             })
             .collect();
-        BoundedMap { shards, max_young, max_young_heap, ttl_ms, evictions: AtomicU64::new(0) }
+        BoundedMap {
+            shards,
+            max_young,
+            max_young_heap,
+            ttl_ms,
+            evictions: AtomicU64::new(0),
+        }
     }
 
     /// Bytes one slot of the table costs: key, value and control byte.
@@ -129,14 +139,19 @@ impl<V: Default + HeapSize> BoundedMap<V> {
 
     /// Reads a key without creating or promoting it.
     pub fn peek<R>(&self, key: u64, f: impl FnOnce(&V) -> R) -> Option<R> {
-        let shard = self.shards[(key >> 58) as usize % SHARDS].lock().unwrap_or_else(|e| e.into_inner());
+        let shard = self.shards[(key >> 58) as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         shard.young.get(&key).or_else(|| shard.old.get(&key)).map(f)
     }
 
     fn rotate(&self, shard: &mut Shard<V>, now_ms: u64) {
         self.evictions.fetch_add(shard.old.len() as u64, Ordering::Relaxed);
         let cap = self.max_young.min(shard.young.len().max(8));
-        shard.old = std::mem::replace(&mut shard.young, HashMap::with_capacity_and_hasher(cap, Default::default()));
+        shard.old = std::mem::replace(
+            &mut shard.young,
+            HashMap::with_capacity_and_hasher(cap, Default::default()),
+        );
         shard.old_heap = std::mem::take(&mut shard.young_heap);
         shard.young_since_ms = now_ms;
     }
@@ -144,7 +159,10 @@ impl<V: Default + HeapSize> BoundedMap<V> {
     /// Tracked keys, bytes used (slots allocated plus heap) and evictions so far.
     pub fn stats(&self) -> MapStats {
         let slot = Self::slot_bytes() as u64;
-        let mut stats = MapStats { evictions: self.evictions.load(Ordering::Relaxed), ..MapStats::default() };
+        let mut stats = MapStats {
+            evictions: self.evictions.load(Ordering::Relaxed),
+            ..MapStats::default()
+        };
         for shard in self.shards.iter() {
             let s = shard.lock().unwrap_or_else(|e| e.into_inner());
             stats.keys += (s.young.len() + s.old.len()) as u64;

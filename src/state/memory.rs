@@ -4,9 +4,9 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::StateStore as GovernorStore;
-use governor::middleware::NoOpMiddleware;
 use governor::RateLimiter;
 
 use super::bounded::{BoundedMap, HeapSize};
@@ -160,20 +160,26 @@ impl MemoryState {
         }
 
         // The referral graph: who assisted whom, and where the inviter was seen.
-        if let (Some(inviter), Some(inviter_user), Some(user)) = (key(KeyKind::Inviter), obs.inviter_as_user, key(KeyKind::User)) {
+        if let (Some(inviter), Some(inviter_user), Some(user)) =
+            (key(KeyKind::Inviter), obs.inviter_as_user, key(KeyKind::User))
+        {
             let brand_new = out.user_age_ms.unwrap_or(0) < obs.new_account_ms;
             out.inviter_new_invitees = counter(inviter, TAG_NEW_INVITEES, brand_new);
             let day = DISTINCT_WINDOWS_S[1];
             let inviter_fp = fingerprint(inviter_user);
             let seen_with = |k: Option<u64>| {
-                k.and_then(|k| self.identities.peek(k, |e| e.members.contains(inviter_fp, now_s, day))).unwrap_or(false)
+                k.and_then(|k| self.identities.peek(k, |e| e.members.contains(inviter_fp, now_s, day)))
+                    .unwrap_or(false)
             };
             out.inviter_on_device = seen_with(key(KeyKind::Device));
             out.inviter_on_subnet = seen_with(key(KeyKind::Subnet));
             let (ring, chain) = self
                 .identities
                 .peek(combine(inviter_user, TAG_ASSISTED), |e| {
-                    (e.members.contains(fingerprint(user), now_s, day), e.members.count(now_s, DISTINCT_WINDOWS_S)[1] > 0)
+                    (
+                        e.members.contains(fingerprint(user), now_s, day),
+                        e.members.count(now_s, DISTINCT_WINDOWS_S)[1] > 0,
+                    )
                 })
                 .unwrap_or((false, false));
             (out.referral_ring, out.inviter_is_invitee) = (ring, chain);
@@ -191,7 +197,14 @@ impl MemoryState {
     fn check_limit(&self, key: u64, quota: governor::Quota, now_ms: u64) -> LimitOutcome {
         // governor measures time from the clock's reading at construction; reading 0 then
         // and the event time now keeps every cell on one event-time axis across limiters.
-        let limiter: RateLimiter<u64, _, _, NoOpMiddleware<Nanos>> = RateLimiter::new(quota, LimitCells { map: &self.limits, now_ms }, EventClock(Cell::new(Nanos::from(0))));
+        let limiter: RateLimiter<u64, _, _, NoOpMiddleware<Nanos>> = RateLimiter::new(
+            quota,
+            LimitCells {
+                map: &self.limits,
+                now_ms,
+            },
+            EventClock(Cell::new(Nanos::from(0))),
+        );
         let now = Nanos::from(now_ms.saturating_mul(1_000_000));
         limiter.clock().0.set(now);
         match limiter.check_key(&key) {
@@ -209,10 +222,19 @@ impl StateStore for MemoryState {
     }
 
     fn stats(&self) -> Vec<TableStats> {
-        [("counters", self.counters.stats()), ("identities", self.identities.stats()), ("limits", self.limits.stats())]
-            .into_iter()
-            .map(|(table, s)| TableStats { table, keys: s.keys, bytes: s.bytes, evictions: s.evictions })
-            .collect()
+        [
+            ("counters", self.counters.stats()),
+            ("identities", self.identities.stats()),
+            ("limits", self.limits.stats()),
+        ]
+        .into_iter()
+        .map(|(table, s)| TableStats {
+            table,
+            keys: s.keys,
+            bytes: s.bytes,
+            evictions: s.evictions,
+        })
+        .collect()
     }
 
     fn budget_bytes(&self) -> Option<u64> {

@@ -191,7 +191,9 @@ pub struct KeyHasher {
 impl KeyHasher {
     /// A hasher with a fixed seed: the same keys in every run (replay, tests).
     pub fn seeded(seed: u64) -> Self {
-        KeyHasher { state: foldhash::quality::FixedState::with_seed(seed) }
+        KeyHasher {
+            state: foldhash::quality::FixedState::with_seed(seed),
+        }
     }
 
     /// A hasher with a random seed, so that clients cannot precompute collisions.

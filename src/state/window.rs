@@ -93,12 +93,19 @@ impl HeapSize for DistinctSet {
 impl DistinctSet {
     /// Whether `member` was seen within `window_s` of `now_s`.
     pub fn contains(&self, member: u32, now_s: u32, window_s: u32) -> bool {
-        self.members.iter().any(|(m, seen)| *m == member && now_s.saturating_sub(*seen) < window_s)
+        self.members
+            .iter()
+            .any(|(m, seen)| *m == member && now_s.saturating_sub(*seen) < window_s)
     }
 
     /// Members seen within each window, without adding one.
     pub fn count(&self, now_s: u32, windows_s: [u32; 2]) -> [u32; 2] {
-        windows_s.map(|w| self.members.iter().filter(|(_, seen)| now_s.saturating_sub(*seen) < w).count() as u32)
+        windows_s.map(|w| {
+            self.members
+                .iter()
+                .filter(|(_, seen)| now_s.saturating_sub(*seen) < w)
+                .count() as u32
+        })
     }
 
     /// Records `member` at `now_s` and returns the distinct members seen within each of

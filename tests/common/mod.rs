@@ -56,7 +56,9 @@ impl Upstream {
         let record = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let record = record.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
@@ -66,7 +68,10 @@ impl Upstream {
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                             let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
                             for (k, v) in &parts.headers {
-                                headers.entry(k.to_string()).or_default().push(String::from_utf8_lossy(v.as_bytes()).into());
+                                headers
+                                    .entry(k.to_string())
+                                    .or_default()
+                                    .push(String::from_utf8_lossy(v.as_bytes()).into());
                             }
                             record.lock().unwrap().push(Seen {
                                 method: parts.method.to_string(),
@@ -192,11 +197,42 @@ pub struct Answer {
     pub body: String,
 }
 
+/// Two campaign-page views by `user` on `device`, as the mini program makes before a claim.
+pub async fn browse(c: &TestClient, addr: SocketAddr, user: &str, device: &str) {
+    for _ in 0..2 {
+        let headers = [
+            ("x-user-id", user),
+            ("x-device-id", device),
+            ("x-app-version", "8.0.47"),
+        ];
+        send(
+            c,
+            "GET",
+            &format!("http://{addr}/api/campaign/detail?campaign_id=c-1"),
+            &headers,
+            "",
+        )
+        .await;
+    }
+}
+
 /// A coupon claim by `user` on `device` with extra headers.
 pub async fn claim(c: &TestClient, addr: SocketAddr, user: &str, device: &str, extra: &[(&str, &str)]) -> Answer {
-    let mut headers = vec![("x-user-id", user), ("x-device-id", device), ("content-type", "application/json")];
+    let mut headers = vec![
+        ("x-user-id", user),
+        ("x-device-id", device),
+        ("x-app-version", "8.0.47"),
+        ("content-type", "application/json"),
+    ];
     headers.extend_from_slice(extra);
-    send(c, "POST", &format!("http://{addr}/api/coupon/claim"), &headers, r#"{"campaign_id":"c-1","coupon_id":"new-user-50"}"#).await
+    send(
+        c,
+        "POST",
+        &format!("http://{addr}/api/coupon/claim"),
+        &headers,
+        r#"{"campaign_id":"c-1","coupon_id":"new-user-50"}"#,
+    )
+    .await
 }
 
 pub async fn send(c: &TestClient, method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Answer {
@@ -205,10 +241,17 @@ pub async fn send(c: &TestClient, method: &str, url: &str, headers: &[(&str, &st
         req = req.header(*k, *v);
     }
     let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(30), c.request(req)).await.expect("no hang").expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(30), c.request(req))
+        .await
+        .expect("no hang")
+        .expect("request");
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    Answer { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into() }
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into(),
+    }
 }
 
 pub async fn metrics(c: &TestClient, admin: SocketAddr) -> String {
@@ -217,7 +260,8 @@ pub async fn metrics(c: &TestClient, admin: SocketAddr) -> String {
 
 /// The value of one series in a metrics text, e.g. `riskgate_requests_total{route="x",decision="block"}`.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
 }
 
 /// Polls until `f` holds or five seconds pass.
