@@ -3,24 +3,13 @@
 //!
 //! Run: `cargo bench --bench pipeline`
 
-use std::future::Future;
 use std::path::Path;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use riskgate::event::Event;
+use riskgate::state::memory::ready;
 use riskgate::state::{KeyHasher, MemoryState, StateStore};
 use riskgate::{extract, pipeline, runtime, signals};
-
-/// The in-memory backend answers at once; poll its future a single time.
-fn ready<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(v) => v,
-        Poll::Pending => panic!("memory state never waits"),
-    }
-}
 
 fn event(i: u64, ts_ms: u64) -> Event {
     let user = i % 1_000_000;

@@ -110,48 +110,37 @@ async fn handle_routed<S: StateStore>(
     };
 
     let event = event_of(&parts, peer, json);
-    let Some(assessment) = pipeline::assess(rt, &gw.state, &gw.hasher, &event).await else {
-        // A route matched by path but not by the pipeline's method parse: forward unscored.
-        return forward(
-            gw,
-            rt,
-            &route.upstream,
-            parts,
-            body,
-            peer,
-            request_id,
-            None,
-            &route.name,
-        )
-        .await;
+    // `None` only if the method does not parse as HTTP, which hyper already refused:
+    // such a request is forwarded unscored.
+    let risk = match pipeline::assess(rt, &gw.state, &gw.hasher, &event).await {
+        Some(assessment) => {
+            gw.metrics.observe(rt, &assessment, started.elapsed().as_secs_f64());
+            if let Some(audit) = &gw.audit {
+                // Serialising a record cannot fail: every field is plain data.
+                if let Ok(line) = serde_json::to_vec(&assessment.record(rt, &event, request_id, gw.capture_events)) {
+                    audit.record(line);
+                }
+            }
+            debug!(route = %route.name, decision = assessment.decision.as_str(), score = assessment.score.value, "decided");
+            if let Some(kind) = assessment.respond {
+                return stopped(rt, kind, &assessment, request_id);
+            }
+            Some(risk_headers(&assessment))
+        }
+        None => None,
     };
-    gw.metrics.observe(rt, &assessment, started.elapsed().as_secs_f64());
-    if let Some(audit) = &gw.audit {
-        // Serialising a record cannot fail: every field is plain data.
-        if let Ok(line) = serde_json::to_vec(&assessment.record(rt, &event, request_id, gw.capture_events)) {
-            audit.record(line);
-        }
-    }
-    debug!(route = %route.name, decision = assessment.decision.as_str(), score = assessment.score.value, "decided");
-
-    match assessment.respond {
-        Some(kind) => stopped(rt, kind, &assessment, request_id),
-        None => {
-            let risk = risk_headers(&assessment);
-            forward(
-                gw,
-                rt,
-                &route.upstream,
-                parts,
-                body,
-                peer,
-                request_id,
-                Some(risk),
-                &route.name,
-            )
-            .await
-        }
-    }
+    forward(
+        gw,
+        rt,
+        &route.upstream,
+        parts,
+        body,
+        peer,
+        request_id,
+        risk,
+        &route.name,
+    )
+    .await
 }
 
 /// The values of the three risk headers for a forwarded request.

@@ -4,11 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::future::Future;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -21,7 +18,7 @@ use crate::pipeline::{self, Assessment};
 use crate::record::DecisionRecord;
 use crate::report::{Confusion, Tally};
 use crate::runtime::{self, Runtime};
-use crate::state::{KeyHasher, MemoryState};
+use crate::state::{memory, KeyHasher, MemoryState};
 
 /// Replay keys state with a fixed seed: the same input gives the same output, always.
 const REPLAY_SEED: u64 = 0x5249_534b_4741_5445;
@@ -73,7 +70,7 @@ impl Replayer {
     }
 
     fn assess(&self, event: &Event) -> Option<Assessment> {
-        ready(pipeline::assess(&self.rt, &self.state, &self.hasher, event))
+        memory::ready(pipeline::assess(&self.rt, &self.state, &self.hasher, event))
     }
 
     /// The record of one event; unrouted events get an `unmatched` record so that the
@@ -100,16 +97,6 @@ impl Replayer {
             }
         }
         out.write_all(b"\n")
-    }
-}
-
-/// The in-memory state answers at once: poll its future a single time.
-fn ready<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(v) => v,
-        // MemoryState's futures are `std::future::ready`; nothing else is replayed.
-        Poll::Pending => unreachable!("the in-memory state never waits"),
     }
 }
 

@@ -242,6 +242,18 @@ impl StateStore for MemoryState {
     }
 }
 
+/// Runs a future of the in-memory state, which never waits, to its end: offline
+/// callers (replay, benches) need no async runtime for it.
+pub fn ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let waker = std::task::Waker::noop();
+    match f.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
+        std::task::Poll::Ready(v) => v,
+        // MemoryState's futures are `std::future::ready`; nothing else is polled here.
+        std::task::Poll::Pending => unreachable!("the in-memory state never waits"),
+    }
+}
+
 /// The event time, as governor's clock.
 struct EventClock(Cell<Nanos>);
 
