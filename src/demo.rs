@@ -110,7 +110,16 @@ pub async fn run(opts: &Options) -> anyhow::Result<Tally> {
     let origin = Instant::now();
     let mut next_table = origin + opts.every;
     let mut sends = tokio::task::JoinSet::new();
+    // The gateway's own routes say which requests it scores (browsing is only counted).
+    let rt = running.gateway.runtime.load_full();
     for event in events {
+        let route = http::Method::from_bytes(event.method.as_bytes())
+            .ok()
+            .and_then(|m| rt.route(&m, &event.path));
+        let (route_name, scored) = match route {
+            Some(i) => (rt.routes[i].name.clone(), rt.routes[i].scored),
+            None => ("unmatched".to_string(), false),
+        };
         let due = origin + Duration::from_millis(event.ts_ms - start_ms);
         while next_table < due {
             tokio::time::sleep_until(next_table).await;
@@ -124,10 +133,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Tally> {
             let outcome = send(&client, addr, &event).await;
             drop(permit);
             match outcome {
-                Ok(decision) => {
-                    let scored = event.method != "GET";
-                    lock(&tally).add(&event.path, decision, &[], event.label.as_ref(), scored)
-                }
+                Ok(decision) => lock(&tally).add(&route_name, decision, &[], event.label.as_ref(), scored),
                 Err(e) => *lock(&errors).entry(e).or_default() += 1,
             }
         });

@@ -33,6 +33,17 @@ pub struct Assessment {
 pub async fn assess<S: StateStore>(rt: &Runtime, state: &S, hasher: &KeyHasher, event: &Event) -> Option<Assessment> {
     let method = http::Method::from_bytes(event.method.as_bytes()).ok()?;
     let route_index = rt.route(&method, &event.path)?;
+    Some(assess_route(rt, route_index, state, hasher, event).await)
+}
+
+/// Assesses one event on a route already found (the proxy routes before it reads the body).
+pub async fn assess_route<S: StateStore>(
+    rt: &Runtime,
+    route_index: usize,
+    state: &S,
+    hasher: &KeyHasher,
+    event: &Event,
+) -> Assessment {
     let route = &rt.routes[route_index];
     let identities = extract::identities(&route.identity, event, &rt.server.trusted_proxies);
     let (signals, state_error) =
@@ -44,17 +55,12 @@ pub async fn assess<S: StateStore>(rt: &Runtime, state: &S, hasher: &KeyHasher, 
     let score = match (&signals, route.scored) {
         (Some(signals), true) => score::evaluate(rt, route, &identities, signals),
         _ => Score {
-            value: 0.0,
-            floor: Decision::Allow,
-            floor_response: None,
-            allowlisted: false,
-            retry_after_ms: None,
             reasons: if state_error {
                 vec!["state_unavailable".to_string()]
             } else {
                 Vec::new()
             },
-            hits: Default::default(),
+            ..Score::neutral()
         },
     };
     let decision = if score.allowlisted {
@@ -68,7 +74,7 @@ pub async fn assess<S: StateStore>(rt: &Runtime, state: &S, hasher: &KeyHasher, 
         _ => ResponseKind::Challenge,
     });
     let features = signals.map(|s| s.features);
-    Some(Assessment {
+    Assessment {
         route: route_index,
         identities,
         score,
@@ -77,7 +83,7 @@ pub async fn assess<S: StateStore>(rt: &Runtime, state: &S, hasher: &KeyHasher, 
         respond,
         state_error,
         features,
-    })
+    }
 }
 
 impl Assessment {

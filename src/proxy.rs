@@ -110,25 +110,19 @@ async fn handle_routed<S: StateStore>(
     };
 
     let event = event_of(&parts, peer, json);
-    // `None` only if the method does not parse as HTTP, which hyper already refused:
-    // such a request is forwarded unscored.
-    let risk = match pipeline::assess(rt, &gw.state, &gw.hasher, &event).await {
-        Some(assessment) => {
-            gw.metrics.observe(rt, &assessment, started.elapsed().as_secs_f64());
-            if let Some(audit) = &gw.audit {
-                // Serialising a record cannot fail: every field is plain data.
-                if let Ok(line) = serde_json::to_vec(&assessment.record(rt, &event, request_id, gw.capture_events)) {
-                    audit.record(line);
-                }
-            }
-            debug!(route = %route.name, decision = assessment.decision.as_str(), score = assessment.score.value, "decided");
-            if let Some(kind) = assessment.respond {
-                return stopped(rt, kind, &assessment, request_id);
-            }
-            Some(risk_headers(&assessment))
+    let assessment = pipeline::assess_route(rt, route_index, &gw.state, &gw.hasher, &event).await;
+    gw.metrics.observe(rt, &assessment, started.elapsed().as_secs_f64());
+    if let Some(audit) = &gw.audit {
+        // Serialising a record cannot fail: every field is plain data.
+        if let Ok(line) = serde_json::to_vec(&assessment.record(rt, &event, request_id, gw.capture_events)) {
+            audit.record(line);
         }
-        None => None,
-    };
+    }
+    debug!(route = %route.name, decision = assessment.decision.as_str(), score = assessment.score.value, "decided");
+    if let Some(kind) = assessment.respond {
+        return stopped(rt, kind, &assessment, request_id);
+    }
+    let risk = Some(risk_headers(&assessment));
     forward(
         gw,
         rt,

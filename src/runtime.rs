@@ -31,7 +31,8 @@ pub struct Runtime {
     pub signals: config::SignalsConfig,
     pub headers: HeaderNames,
     pub routes: Vec<Route>,
-    exact: HashMap<(Method, String), usize>,
+    /// Exact paths per method, looked up without allocating.
+    exact: HashMap<Method, HashMap<String, usize>>,
     prefixes: Vec<(Option<Method>, String, usize)>,
     pub rules: Vec<Rule>,
     pub lists: Vec<List>,
@@ -372,7 +373,7 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
     }
 
     let mut routes: Vec<Route> = Vec::new();
-    let mut exact = HashMap::new();
+    let mut exact: HashMap<Method, HashMap<String, usize>> = HashMap::new();
     let mut prefixes = Vec::new();
     for (i, rc) in file.routes.iter().enumerate() {
         let key = format!("routes[{i}]");
@@ -514,7 +515,12 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
             Some(prefix) => prefixes.push((method.clone(), prefix.to_string(), idx)),
             None => {
                 for m in method.clone().map(|m| vec![m]).unwrap_or_else(all_methods) {
-                    if exact.insert((m.clone(), path_pat.clone()), idx).is_some() {
+                    if exact
+                        .entry(m.clone())
+                        .or_default()
+                        .insert(path_pat.clone(), idx)
+                        .is_some()
+                    {
                         p.at(
                             Some(rc.path.span()),
                             format!("{key}.path"),
@@ -616,7 +622,7 @@ impl Runtime {
     /// The index of the route for a method and path: exact paths first, then the
     /// longest prefix.
     pub fn route(&self, method: &Method, path: &str) -> Option<usize> {
-        if let Some(i) = self.exact.get(&(method.clone(), path.to_string())) {
+        if let Some(i) = self.exact.get(method).and_then(|paths| paths.get(path)) {
             return Some(*i);
         }
         self.prefixes

@@ -41,17 +41,24 @@ pub struct Score {
     pub hits: SmallVec<[Hit; 8]>,
 }
 
+impl Score {
+    /// Nothing known against the request: score 0, no floor, no reasons.
+    pub fn neutral() -> Score {
+        Score {
+            value: 0.0,
+            floor: Decision::Allow,
+            floor_response: None,
+            allowlisted: false,
+            retry_after_ms: None,
+            reasons: Vec::new(),
+            hits: SmallVec::new(),
+        }
+    }
+}
+
 /// Scores a request on `route` from its identities and signals.
 pub fn evaluate(rt: &Runtime, route: &Route, ids: &Identities, signals: &Signals) -> Score {
-    let mut score = Score {
-        value: 0.0,
-        floor: Decision::Allow,
-        floor_response: None,
-        allowlisted: false,
-        retry_after_ms: None,
-        reasons: Vec::new(),
-        hits: SmallVec::new(),
-    };
+    let mut score = Score::neutral();
     for (i, list) in rt.lists.iter().enumerate() {
         let hit = match list.kind {
             ListKind::User => ids.user.as_ref().is_some_and(|v| list.values.contains(v)),

@@ -96,11 +96,7 @@ impl World {
             label: None,
         };
         let fut = pipeline::assess(&self.rt, &self.state, &self.hasher, &event);
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(fut)
-            .expect("routed")
+        riskgate::state::memory::ready(fut).expect("routed")
     }
 }
 
