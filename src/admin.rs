@@ -40,13 +40,22 @@ async fn answer<S: StateStore>(
     let (status, content_type, body) = match req.uri().path() {
         "/metrics" => {
             gw.metrics.update_state(&gw.state.stats(), gw.state.budget_bytes());
+            gw.metrics.update_backend(gw.state.health());
             if let Some(audit) = &gw.audit {
                 gw.metrics.update_audit(&audit.stats());
             }
             (StatusCode::OK, "text/plain; version=0.0.4", gw.metrics.render())
         }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/readyz" if gw.ready.load(Ordering::Relaxed) => (StatusCode::OK, "text/plain", "ready\n".to_string()),
+        // Still ready while the state backend is down: the routes' degradation policies
+        // keep serving, and taking every replica out of the balancer would be worse.
+        "/readyz" if gw.ready.load(Ordering::Relaxed) => {
+            let body = match gw.state.health() {
+                Some(h) if !h.up => "ready (state backend down: degradation policies apply)\n",
+                _ => "ready\n",
+            };
+            (StatusCode::OK, "text/plain", body.to_string())
+        }
         "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",

@@ -35,9 +35,10 @@ pub enum Command {
         /// Decide, record and count, but forward everything.
         #[arg(long)]
         shadow: bool,
-        /// State backend: `memory` (Redis arrives with the scale-out work).
-        #[arg(long, default_value = "memory")]
-        state: String,
+        /// State backend: `memory` or `redis://HOST:PORT`, instead of the config's
+        /// `[state] backend` (which is used when this is absent).
+        #[arg(long)]
+        state: Option<String>,
     },
     /// Validate a config file (and its list files) and print what it does.
     CheckConfig {
@@ -71,6 +72,10 @@ pub enum Command {
         /// Also write each scored request's features as CSV (for analysis and training).
         #[arg(long)]
         features_out: Option<PathBuf>,
+        /// State backend: `memory` (the default) or `redis://HOST:PORT` (a fresh key
+        /// namespace on that server; decisions match the memory backend's).
+        #[arg(long)]
+        state: Option<String>,
     },
     /// Generate labelled synthetic campaign traffic as events (JSONL).
     Simulate {

@@ -139,8 +139,23 @@ impl Default for HeaderNamesConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     pub backend: StateBackend,
+    /// The memory backend's budget; with Redis, the budget of the local fallback state.
     pub memory_budget_mb: u64,
     pub ttl_s: u64,
+    /// A single Redis server (`redis://HOST:PORT[/DB]`), used when `redis_nodes` is empty.
+    pub redis_url: String,
+    /// Redis Cluster seed nodes (`redis://HOST:PORT` each); set to use Cluster.
+    pub redis_nodes: Vec<String>,
+    /// Every Redis key starts with this, so that several deployments can share a server.
+    pub key_prefix: String,
+    /// How long a request waits for the state backend before the route's degradation
+    /// policy applies.
+    pub timeout_ms: u64,
+    /// How long connecting to Redis may take (at start and on reconnects).
+    pub connect_timeout_ms: u64,
+    /// What a route does when the state backend fails or is too slow, unless the route
+    /// says otherwise (`on_state_error` on the route).
+    pub on_error: OnStateError,
 }
 
 impl Default for StateConfig {
@@ -149,6 +164,12 @@ impl Default for StateConfig {
             backend: StateBackend::Memory,
             memory_budget_mb: 256,
             ttl_s: 25 * 3600,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_nodes: Vec::new(),
+            key_prefix: "rg".into(),
+            timeout_ms: 50,
+            connect_timeout_ms: 1_000,
+            on_error: OnStateError::Allow,
         }
     }
 }
@@ -157,6 +178,31 @@ impl Default for StateConfig {
 #[serde(rename_all = "snake_case")]
 pub enum StateBackend {
     Memory,
+    Redis,
+}
+
+/// The degradation policy: what a route does when its state call fails or times out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStateError {
+    /// Decide without signals (score 0, reason `state_unavailable`): fail open.
+    Allow,
+    /// Answer with the block response (reason `state_unavailable`): fail closed.
+    Deny,
+    /// Decide from this replica's own in-memory state (reason `state_local`).
+    Local,
+}
+
+impl OnStateError {
+    pub const ALL: [OnStateError; 3] = [OnStateError::Allow, OnStateError::Deny, OnStateError::Local];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnStateError::Allow => "allow",
+            OnStateError::Deny => "deny",
+            OnStateError::Local => "local",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -365,6 +411,9 @@ pub struct RouteConfig {
     pub identity: IdentityConfig,
     #[serde(default)]
     pub limits: Vec<LimitConfig>,
+    /// Overrides `state.on_error` for this route.
+    #[serde(default)]
+    pub on_state_error: Option<OnStateError>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -42,6 +42,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             strict,
             quiet,
             features_out,
+            state,
         } => {
             let opts = riskgate::replay::Options {
                 config,
@@ -52,6 +53,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 strict,
                 progress: !quiet,
                 features_out,
+                state,
             };
             let outcome = riskgate::replay::run(&opts)?;
             eprint!("{}", outcome.summary.render());
@@ -121,9 +123,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             shadow,
             state,
         } => {
-            if state != "memory" {
-                anyhow::bail!("--state {state}: only `memory` is available in this build");
-            }
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
                 let overrides = Overrides {
@@ -139,7 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .map(|f| f.log)
                     .unwrap_or_default();
                 init_logging(log.format, &log.level);
-                let running = server::start(config, overrides).await?;
+                let running = server::start_on(config, overrides, state).await?;
                 let stop = running.stopper();
                 tokio::spawn(async move {
                     shutdown_signal().await;

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub list_hits: IntCounterVec,
     pub rejected: IntCounterVec,
     pub state_errors: IntCounter,
+    pub state_degraded: IntCounterVec,
+    state_backend_up: IntGauge,
+    state_backend_calls: IntCounterVec,
     pub tracked_keys: IntGaugeVec,
     pub state_bytes: IntGaugeVec,
     pub state_budget_bytes: IntGauge,
@@ -130,12 +133,29 @@ impl Metrics {
             state_errors: {
                 let c = IntCounter::new(
                     "riskgate_state_errors_total",
-                    "Requests decided without state because the backend failed (fail open).",
+                    "Requests whose state call failed or timed out; the route's degradation policy decided them.",
                 )
                 .expect("valid metric");
                 r.register(Box::new(c.clone())).expect("unique metric");
                 c
             },
+            state_degraded: counter(
+                &r,
+                "riskgate_state_degraded_total",
+                "Requests decided by the route's degradation policy (allow, deny, local) because the state backend failed or was too slow.",
+                &["route", "policy"],
+            ),
+            state_backend_up: gauge(
+                &r,
+                "riskgate_state_backend_up",
+                "1 while the state backend answers (always 1 for the in-memory backend), 0 after a failed or timed-out call.",
+            ),
+            state_backend_calls: counter(
+                &r,
+                "riskgate_state_backend_calls_total",
+                "Calls to a remote state backend by outcome: ok, error, timeout, skipped (not tried: a call had just failed).",
+                &["outcome"],
+            ),
             tracked_keys: gauge_vec(
                 &r,
                 "riskgate_state_tracked_keys",
@@ -205,6 +225,11 @@ impl Metrics {
         if a.state_error {
             self.state_errors.inc();
         }
+        if let Some(policy) = a.degraded {
+            self.state_degraded
+                .with_label_values(&[&route.name, policy.as_str()])
+                .inc();
+        }
         for hit in &a.score.hits {
             match *hit {
                 Hit::Rule { index, shadow } => {
@@ -235,6 +260,28 @@ impl Metrics {
         }
         for outcome in ["success", "failure"] {
             self.reloads.with_label_values(&[outcome]);
+        }
+        for route in &rt.routes {
+            self.state_degraded
+                .with_label_values(&[&route.name, route.on_state_error.as_str()]);
+        }
+    }
+
+    /// Copies a remote state backend's call counts and health into the metrics
+    /// (`None`: the in-memory backend, always up).
+    pub fn update_backend(&self, health: Option<crate::state::BackendHealth>) {
+        let Some(h) = health else {
+            self.state_backend_up.set(1);
+            return;
+        };
+        self.state_backend_up.set(i64::from(h.up));
+        for (outcome, total) in [
+            ("ok", h.ok),
+            ("error", h.errors),
+            ("timeout", h.timeouts),
+            ("skipped", h.skipped),
+        ] {
+            follow(&self.state_backend_calls.with_label_values(&[outcome]), total);
         }
     }
 

@@ -1,7 +1,7 @@
 //! The whole request path in one function, shared by serve, replay, train and the demo:
 //! route → extract → signals → score → decide.
 
-use crate::config::Mode;
+use crate::config::{Mode, OnStateError};
 use crate::decide::{self, Decision, ResponseKind};
 use crate::event::Event;
 use crate::extract::{self, Identities};
@@ -23,8 +23,10 @@ pub struct Assessment {
     pub mode: Mode,
     /// Set when the gateway must answer the client itself (enforced challenge or block).
     pub respond: Option<ResponseKind>,
-    /// The state backend failed; the request was decided without signals.
+    /// The state backend failed or was too slow; `degraded` says what was done instead.
     pub state_error: bool,
+    /// The degradation policy applied, when the state backend failed.
+    pub degraded: Option<OnStateError>,
     /// The feature vector the score was computed from (absent when the state failed).
     pub features: Option<Features>,
 }
@@ -46,23 +48,34 @@ pub async fn assess_route<S: StateStore>(
 ) -> Assessment {
     let route = &rt.routes[route_index];
     let identities = extract::identities(&route.identity, event, &rt.server.trusted_proxies);
-    let (signals, state_error) =
-        match signals::observe(state, hasher, route, &rt.signals, &identities, event.ts_ms).await {
-            Ok(s) => (Some(s), false),
-            // Fail open, counted: a state outage must not take the campaign down.
-            Err(_) => (None, true),
-        };
-    let score = match (&signals, route.scored) {
-        (Some(signals), true) => score::evaluate(rt, route, &identities, signals),
-        _ => Score {
-            reasons: if state_error {
-                vec!["state_unavailable".to_string()]
-            } else {
-                Vec::new()
-            },
-            ..Score::neutral()
+    let ts = event.ts_ms;
+    // A state outage or a slow backend: the route's degradation policy decides, counted.
+    let (signals, degraded) = match signals::observe(state, hasher, route, &rt.signals, &identities, ts).await {
+        Ok(s) => (Some(s), None),
+        Err(_) => match (route.on_state_error, state.local()) {
+            (OnStateError::Local, Some(local)) => {
+                let local = signals::observe(local, hasher, route, &rt.signals, &identities, ts).await;
+                (local.ok(), Some(OnStateError::Local))
+            }
+            (OnStateError::Deny, _) => (None, Some(OnStateError::Deny)),
+            _ => (None, Some(OnStateError::Allow)),
         },
     };
+    let state_error = degraded.is_some();
+    let mut score = match (&signals, route.scored) {
+        (Some(signals), true) => score::evaluate(rt, route, &identities, signals),
+        _ => Score::neutral(),
+    };
+    match degraded {
+        Some(OnStateError::Local) => score.reasons.push("state_local".to_string()),
+        Some(OnStateError::Deny) => {
+            score.reasons.push("state_unavailable".to_string());
+            score.floor = Decision::Block;
+            score.floor_response = Some(ResponseKind::Block);
+        }
+        Some(_) => score.reasons.push("state_unavailable".to_string()),
+        None => {}
+    }
     let decision = if score.allowlisted {
         Decision::Allow
     } else {
@@ -82,6 +95,7 @@ pub async fn assess_route<S: StateStore>(
         mode: route.mode,
         respond,
         state_error,
+        degraded,
         features,
     }
 }

@@ -18,7 +18,7 @@ use crate::pipeline::{self, Assessment};
 use crate::record::DecisionRecord;
 use crate::report::{Confusion, Tally};
 use crate::runtime::{self, Runtime};
-use crate::state::{memory, KeyHasher, MemoryState};
+use crate::state::{memory, Backend, KeyHasher, MemoryState, RedisState};
 
 /// Replay keys state with a fixed seed: the same input gives the same output, always.
 const REPLAY_SEED: u64 = 0x5249_534b_4741_5445;
@@ -36,6 +36,9 @@ pub struct Options {
     /// Also write every scored request's feature vector here, as CSV (for analysis
     /// and training).
     pub features_out: Option<PathBuf>,
+    /// `redis://HOST:PORT`: keep the state in Redis (in a fresh key namespace) instead
+    /// of memory, to check that both backends decide alike.
+    pub state: Option<String>,
 }
 
 /// What a replay found: the tally of the (new) config, and the diff against the baseline.
@@ -51,26 +54,67 @@ pub struct Outcome {
 /// One config replaying: its runtime and its own state.
 struct Replayer {
     rt: Runtime,
-    state: MemoryState,
+    state: Backend,
     hasher: KeyHasher,
     unrouted: IdentitySpec,
+    /// Drives the Redis backend's calls; the memory backend never waits.
+    tokio: Option<tokio::runtime::Runtime>,
 }
 
 impl Replayer {
-    fn new(path: &Path) -> anyhow::Result<Replayer> {
+    fn new(path: &Path, state: Option<&str>) -> anyhow::Result<Replayer> {
         let hasher = KeyHasher::seeded(REPLAY_SEED);
-        let rt = runtime::load(path, &hasher)?;
-        let state = MemoryState::new(rt.state.memory_budget_mb * 1024 * 1024, rt.state.ttl_s * 1_000);
+        let mut rt = runtime::load(path, &hasher)?;
+        if let Some(choice) = state {
+            crate::server::choose_backend(choice, &mut rt.state).map_err(anyhow::Error::msg)?;
+        }
+        let (state, tokio) = match rt.state.backend {
+            crate::config::StateBackend::Memory => (
+                Backend::Memory(MemoryState::new(
+                    rt.state.memory_budget_mb * 1024 * 1024,
+                    rt.state.ttl_s * 1_000,
+                )),
+                None,
+            ),
+            crate::config::StateBackend::Redis => {
+                let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let (redis, _) = tokio
+                    .block_on(RedisState::connect(&rt.state))
+                    .map_err(|e| anyhow::anyhow!("state backend redis ({}): {e}", rt.state.redis_url))?;
+                // A namespace of its own, so that the replay starts from empty state.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                let prefix = format!("{}-replay-{}-{nanos:x}", rt.state.key_prefix, std::process::id());
+                let redis = redis
+                    .with_prefix(&prefix)
+                    .with_timeout(std::time::Duration::from_secs(10));
+                (Backend::Redis(Box::new(redis)), Some(tokio))
+            }
+        };
         Ok(Replayer {
             rt,
             state,
             hasher,
             unrouted: IdentitySpec::default(),
+            tokio,
         })
     }
 
-    fn assess(&self, event: &Event) -> Option<Assessment> {
-        memory::ready(pipeline::assess(&self.rt, &self.state, &self.hasher, event))
+    fn assess(&self, event: &Event) -> anyhow::Result<Option<Assessment>> {
+        let assess = pipeline::assess(&self.rt, &self.state, &self.hasher, event);
+        let a = match &self.tokio {
+            Some(tokio) => tokio.block_on(assess),
+            None => memory::ready(assess),
+        };
+        // A replay that silently degraded would not be the replay asked for.
+        anyhow::ensure!(
+            !a.as_ref().is_some_and(|a| a.state_error),
+            "the state backend failed at event ts_ms {}",
+            event.ts_ms
+        );
+        Ok(a)
     }
 
     /// The record of one event; unrouted events get an `unmatched` record so that the
@@ -102,8 +146,12 @@ impl Replayer {
 
 /// Runs a replay (and a diff when `baseline` is set).
 pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
-    let current = Replayer::new(&opts.config)?;
-    let baseline = opts.baseline.as_deref().map(Replayer::new).transpose()?;
+    let current = Replayer::new(&opts.config, opts.state.as_deref())?;
+    let baseline = opts
+        .baseline
+        .as_deref()
+        .map(|p| Replayer::new(p, opts.state.as_deref()))
+        .transpose()?;
     let input = open_input(&opts.input)?;
     let mut output = open_output(&opts.output)?;
     let mut summary = Tally::default();
@@ -146,7 +194,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
             .header("x-request-id")
             .map(str::to_string)
             .unwrap_or_else(|| format!("line-{line_no}"));
-        let a = current.assess(&event);
+        let a = current.assess(&event)?;
         current
             .write_record(&mut output, &event, a.as_ref(), &id)
             .context("writing decision records")?;
@@ -171,7 +219,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
         }
 
         if let (Some(base), Some(diff)) = (&baseline, diff.as_mut()) {
-            let b = base.assess(&event);
+            let b = base.assess(&event)?;
             let (_, old, old_reasons, base_scored) = describe(&base.rt, b.as_ref());
             baseline_tally.add(route, old, old_reasons, event.label.as_ref(), base_scored);
             if old != decision {

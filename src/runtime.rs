@@ -74,6 +74,8 @@ pub struct Route {
     pub rules: Vec<usize>,
     /// Browse routes are counted (funnel signal) but never scored.
     pub scored: bool,
+    /// What to do when the state backend fails or is too slow.
+    pub on_state_error: config::OnStateError,
 }
 
 #[derive(Debug)]
@@ -249,6 +251,7 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
             "must be at least 86400 (the longest window is 24 h)",
         );
     }
+    validate_state(&mut p, &file.state);
     let sig = &file.signals;
     if sig.order_thresholds.iter().any(|t| !(t.is_finite() && *t > 0.0)) {
         p.at(None, "signals.order_thresholds", "thresholds must be positive amounts");
@@ -542,6 +545,7 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
             mode,
             rules: route_rules,
             scored: rc.action != Action::Browse,
+            on_state_error: rc.on_state_error.unwrap_or(file.state.on_error),
         });
     }
     for (i, r) in file.rules.iter().enumerate() {
@@ -722,6 +726,46 @@ impl Runtime {
             );
         }
         s
+    }
+}
+
+fn validate_state(p: &mut Problems, st: &config::StateConfig) {
+    if st.timeout_ms == 0 {
+        p.at(None, "state.timeout_ms", "must be above 0 milliseconds");
+    }
+    if st.connect_timeout_ms == 0 {
+        p.at(None, "state.connect_timeout_ms", "must be above 0 milliseconds");
+    }
+    let prefix_ok = !st.key_prefix.is_empty()
+        && st.key_prefix.len() <= 64
+        && st
+            .key_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+    if !prefix_ok {
+        p.at(
+            None,
+            "state.key_prefix",
+            format!(
+                "`{}` must be 1-64 characters of A-Z, a-z, 0-9 and _ - . :",
+                st.key_prefix
+            ),
+        );
+    }
+    let redis_url = |u: &str| u.starts_with("redis://") || u.starts_with("unix://");
+    if !redis_url(&st.redis_url) {
+        p.at(
+            None,
+            "state.redis_url",
+            format!("`{}` must be a redis://HOST:PORT URL", st.redis_url),
+        );
+    }
+    for n in st.redis_nodes.iter().filter(|n| !redis_url(n)) {
+        p.at(
+            None,
+            "state.redis_nodes",
+            format!("`{n}` must be a redis://HOST:PORT URL"),
+        );
     }
 }
 

@@ -19,10 +19,11 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::audit::AuditLog;
+use crate::config::StateBackend;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ProxyBody};
 use crate::runtime::{self, Runtime};
-use crate::state::{KeyHasher, MemoryState, StateStore};
+use crate::state::{Backend, KeyHasher, MemoryState, RedisState, StateStore};
 
 /// Command-line settings that override the config file, kept so that every reload
 /// applies them again.
@@ -88,7 +89,7 @@ impl<S> Gateway<S> {
 pub struct Running {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub gateway: Arc<Gateway<MemoryState>>,
+    pub gateway: Arc<Gateway<Backend>>,
     shutdown: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
 }
@@ -121,22 +122,79 @@ impl Running {
     }
 }
 
-/// Loads the config, binds both listeners and starts serving.
+/// Loads the config, connects the state backend, binds both listeners and starts serving.
 pub async fn start(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<Running> {
-    let hasher = KeyHasher::random();
-    let load_path = config_path.clone();
-    let load_hasher = hasher.clone();
-    let mut rt = tokio::task::spawn_blocking(move || runtime::load(&load_path, &load_hasher)).await??;
-    overrides.apply(&mut rt).map_err(anyhow::Error::msg)?;
-    start_with(rt, config_path, overrides, hasher).await
+    start_on(config_path, overrides, None).await
 }
 
-/// Starts serving an already-built runtime.
+/// `--state`: `memory`, or `redis://HOST:PORT` (the Redis backend on that server),
+/// instead of the config's `[state] backend`.
+pub fn choose_backend(choice: &str, state: &mut crate::config::StateConfig) -> Result<(), String> {
+    match choice {
+        "memory" => state.backend = StateBackend::Memory,
+        url if url.starts_with("redis://") => {
+            state.backend = StateBackend::Redis;
+            state.redis_url = url.to_string();
+            state.redis_nodes.clear();
+        }
+        other => return Err(format!("--state {other}: expected `memory` or `redis://HOST:PORT`")),
+    }
+    Ok(())
+}
+
+/// `start`, with the state backend chosen on the command line (`--state`) when given.
+pub async fn start_on(config_path: PathBuf, overrides: Overrides, state: Option<String>) -> anyhow::Result<Running> {
+    let load = |hasher: KeyHasher| {
+        let path = config_path.clone();
+        let overrides = overrides.clone();
+        async move {
+            let mut rt = tokio::task::spawn_blocking(move || runtime::load(&path, &hasher)).await??;
+            overrides.apply(&mut rt).map_err(anyhow::Error::msg)?;
+            anyhow::Ok(rt)
+        }
+    };
+    let hasher = KeyHasher::random();
+    let mut rt = load(hasher.clone()).await?;
+    if let Some(choice) = &state {
+        choose_backend(choice, &mut rt.state).map_err(anyhow::Error::msg)?;
+    }
+    match rt.state.backend {
+        StateBackend::Memory => {
+            let state = MemoryState::new(rt.state.memory_budget_mb * 1024 * 1024, rt.state.ttl_s * 1_000);
+            start_with(rt, config_path, overrides, hasher, Backend::Memory(state)).await
+        }
+        StateBackend::Redis => {
+            // Every replica must hash identities alike: the seed comes from Redis, and
+            // the route keys of the runtime with it.
+            let (redis, seed) = RedisState::connect(&rt.state)
+                .await
+                .map_err(|e| anyhow::anyhow!("state backend redis ({}): {e}", describe_redis(&rt)))?;
+            let hasher = KeyHasher::seeded(seed);
+            let state_config = rt.state.clone();
+            let mut rt = load(hasher.clone()).await?;
+            rt.state = state_config;
+            info!(redis = %describe_redis(&rt), "state backend: redis");
+            start_with(rt, config_path, overrides, hasher, Backend::Redis(Box::new(redis))).await
+        }
+    }
+}
+
+fn describe_redis(rt: &Runtime) -> String {
+    if rt.state.redis_nodes.is_empty() {
+        rt.state.redis_url.clone()
+    } else {
+        format!("cluster {}", rt.state.redis_nodes.join(","))
+    }
+}
+
+/// Starts serving an already-built runtime on an already-built state backend (whose
+/// key seed `hasher` carries).
 pub async fn start_with(
     rt: Runtime,
     config_path: PathBuf,
     overrides: Overrides,
     hasher: KeyHasher,
+    state: Backend,
 ) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(rt.server.listen)
         .await
@@ -147,7 +205,6 @@ pub async fn start_with(
     let addr = listener.local_addr()?;
     let admin_addr = admin.local_addr()?;
 
-    let state = MemoryState::new(rt.state.memory_budget_mb * 1024 * 1024, rt.state.ttl_s * 1_000);
     let metrics = Metrics::new();
     metrics.register_config(&rt);
     metrics.config_last_reload_success.set(1);

@@ -12,14 +12,6 @@ fn riskgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_riskgate"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn check_config_summarises_the_default_config() {
     let out = riskgate()

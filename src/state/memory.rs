@@ -12,22 +12,10 @@ use governor::RateLimiter;
 use super::bounded::{BoundedMap, HeapSize};
 use super::window::{DistinctSet, Windows};
 use super::{
-    combine, KeyKind, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats, COUNTED, DISTINCT,
-    DISTINCT_WINDOWS_S,
+    combine, fingerprint, KeyKind, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats, COUNTED,
+    DISTINCT, DISTINCT_WINDOWS_S, TAG_ASSISTED, TAG_BROWSE, TAG_NEW_DEVICES, TAG_NEW_INVITEES, TAG_NEW_USERS,
+    TAG_SUBNETS,
 };
-
-// Tags that derive the keys of derived counters and sets from an identity's key.
-const TAG_BROWSE: u64 = 0xB0;
-const TAG_NEW_USERS: u64 = 0xB1;
-const TAG_NEW_DEVICES: u64 = 0xB2;
-const TAG_NEW_INVITEES: u64 = 0xB3;
-const TAG_ASSISTED: u64 = 0xB4;
-const TAG_SUBNETS: u64 = 0xB5;
-
-/// A member's fingerprint in a distinct set: the top half of its key.
-fn fingerprint(key: u64) -> u32 {
-    (key >> 32) as u32
-}
 
 /// Per identity (global across routes): when it was first seen, the timing of its
 /// requests, and the distinct members related to it (accounts on a device, devices of

@@ -4,9 +4,13 @@
 //! every limit it checks) and gets one `Readout` back, so a remote backend can answer in
 //! a single round trip. Keys are keyed hashes of the identities: no raw account, device
 //! or IP is stored, and a client cannot aim collisions at the maps.
+//!
+//! Two backends: `memory` (this process, within a byte budget) and `redis` (shared by
+//! several replicas); `Backend` is whichever the config chose.
 
 pub mod bounded;
 pub mod memory;
+pub mod redis;
 pub mod window;
 
 use std::future::Future;
@@ -14,7 +18,21 @@ use std::hash::BuildHasher;
 
 use smallvec::SmallVec;
 
+pub use self::redis::{BackendHealth, RedisState};
 pub use memory::MemoryState;
+
+// Tags that derive the keys of derived counters and sets from an identity's key.
+pub(crate) const TAG_BROWSE: u64 = 0xB0;
+pub(crate) const TAG_NEW_USERS: u64 = 0xB1;
+pub(crate) const TAG_NEW_DEVICES: u64 = 0xB2;
+pub(crate) const TAG_NEW_INVITEES: u64 = 0xB3;
+pub(crate) const TAG_ASSISTED: u64 = 0xB4;
+pub(crate) const TAG_SUBNETS: u64 = 0xB5;
+
+/// A member's fingerprint in a distinct set: the top half of its key.
+pub(crate) fn fingerprint(key: u64) -> u32 {
+    (key >> 32) as u32
+}
 
 /// The kinds of key the state knows. The first `COUNTED` are counted per route, in
 /// `Readout::counts` order.
@@ -180,6 +198,67 @@ pub trait StateStore: Send + Sync + 'static {
     fn stats(&self) -> Vec<TableStats>;
     /// The configured memory budget, when the backend has one.
     fn budget_bytes(&self) -> Option<u64>;
+    /// The in-memory state the `local` degradation policy decides from, when the
+    /// backend can fail (a remote one).
+    fn local(&self) -> Option<&MemoryState> {
+        None
+    }
+    /// How a remote backend has been answering; `None` for one that cannot fail.
+    fn health(&self) -> Option<BackendHealth> {
+        None
+    }
+}
+
+/// The backend the config chose.
+pub enum Backend {
+    Memory(MemoryState),
+    Redis(Box<RedisState>),
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Memory(_) => "memory",
+            Backend::Redis(_) => "redis",
+        }
+    }
+}
+
+impl StateStore for Backend {
+    async fn observe(&self, obs: &Observation) -> Result<Readout, StateError> {
+        match self {
+            Backend::Memory(m) => Ok(m.observe_now(obs)),
+            Backend::Redis(r) => r.observe(obs).await,
+        }
+    }
+
+    fn stats(&self) -> Vec<TableStats> {
+        match self {
+            Backend::Memory(m) => m.stats(),
+            Backend::Redis(r) => r.stats(),
+        }
+    }
+
+    fn budget_bytes(&self) -> Option<u64> {
+        match self {
+            Backend::Memory(m) => m.budget_bytes(),
+            Backend::Redis(r) => StateStore::budget_bytes(r.as_ref()),
+        }
+    }
+
+    fn local(&self) -> Option<&MemoryState> {
+        match self {
+            Backend::Memory(_) => None,
+            Backend::Redis(r) => Some(r.local()),
+        }
+    }
+
+    fn health(&self) -> Option<BackendHealth> {
+        match self {
+            Backend::Memory(_) => None,
+            Backend::Redis(r) => Some(r.health()),
+        }
+    }
 }
 
 /// Turns identity strings into keys: a keyed hash per (kind, value).
@@ -198,8 +277,12 @@ impl KeyHasher {
 
     /// A hasher with a random seed, so that clients cannot precompute collisions.
     pub fn random() -> Self {
-        let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
-        Self::seeded(seed)
+        Self::seeded(Self::random_seed())
+    }
+
+    /// A fresh random seed.
+    pub fn random_seed() -> u64 {
+        std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
     }
 
     pub fn key(&self, kind: KeyKind, value: &str) -> u64 {
