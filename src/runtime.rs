@@ -883,3 +883,63 @@ fn is_label_safe(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OnStateError;
+
+    fn build_text(text: &str) -> Result<Runtime, ConfigError> {
+        let path = Path::new("x.toml");
+        build(&config::parse(path, text)?, path, text, &KeyHasher::seeded(1))
+    }
+
+    const ROUTES: &str = r#"
+[upstreams.default]
+url = "http://127.0.0.1:9"
+[policies.default]
+review = 0.3
+challenge = 0.6
+block = 0.85
+[[routes]]
+name = "coupon_claim"
+method = "POST"
+path = "/c"
+action = "coupon"
+[[routes]]
+name = "checkin"
+method = "POST"
+path = "/k"
+action = "checkin"
+on_state_error = "deny"
+"#;
+
+    #[test]
+    fn degradation_policy_per_route_with_a_global_default() {
+        let rt = build_text(ROUTES).unwrap();
+        let policies: Vec<_> = rt.routes.iter().map(|r| r.on_state_error).collect();
+        assert_eq!(policies, [OnStateError::Allow, OnStateError::Deny]);
+        let rt = build_text(&format!("[state]\non_error = \"local\"\n{ROUTES}")).unwrap();
+        let policies: Vec<_> = rt.routes.iter().map(|r| r.on_state_error).collect();
+        assert_eq!(policies, [OnStateError::Local, OnStateError::Deny]);
+        let err = build_text(&format!("[state]\non_error = \"maybe\"\n{ROUTES}")).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `maybe`"), "{err}");
+    }
+
+    #[test]
+    fn state_settings_are_validated_together() {
+        let text = format!(
+            "[state]\nbackend = \"redis\"\ntimeout_ms = 0\nkey_prefix = \"a b\"\nredis_url = \"http://x\"\nredis_nodes = [\"redis://n1:7000\", \"n2\"]\n{ROUTES}"
+        );
+        let err = build_text(&text).unwrap_err().to_string();
+        for needle in [
+            "state.timeout_ms: must be above 0",
+            "state.key_prefix: `a b` must be",
+            "state.redis_url: `http://x` must be a redis://HOST:PORT URL",
+            "state.redis_nodes: `n2` must be",
+        ] {
+            assert!(err.contains(needle), "missing `{needle}` in\n{err}");
+        }
+        assert!(!err.contains("n1:7000"), "{err}");
+    }
+}

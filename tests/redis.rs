@@ -16,11 +16,18 @@ use common::*;
 struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// Extra arguments (cluster mode).
+    args: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts one on a free port, or `None` (with a message) when redis-server is absent.
     fn start() -> Option<RedisServer> {
+        Self::start_with(|_| Vec::new())
+    }
+
+    /// `args` gets the port and returns extra arguments.
+    fn start_with(args: impl Fn(u16) -> Vec<String>) -> Option<RedisServer> {
         if Command::new("redis-server").arg("--version").output().is_err() {
             eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server; .ci/run does this)");
             return None;
@@ -29,7 +36,11 @@ impl RedisServer {
         // try a few.
         for _ in 0..5 {
             let port = free_port();
-            let mut server = RedisServer { port, child: None };
+            let mut server = RedisServer {
+                port,
+                child: None,
+                args: args(port),
+            };
             if server.spawn() {
                 return Some(server);
             }
@@ -41,6 +52,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--enable-debug-command", "yes"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -461,4 +473,73 @@ fn replay_decides_alike_with_either_backend() {
         serde_json::to_string(&memory_summary).unwrap(),
         serde_json::to_string(&redis_summary).unwrap()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_backend_shares_one_limit_between_gateways() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let conf = dir.path().to_path_buf();
+        let Some(node) = RedisServer::start_with(|port| {
+            vec![
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                conf.join(format!("nodes-{port}.conf")).display().to_string(),
+            ]
+        }) else {
+            return;
+        };
+        nodes.push(node);
+    }
+    let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+    let created = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !created.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: redis-cli --cluster create failed (redis-tools missing?)");
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !nodes.iter().all(|n| {
+        n.command("CLUSTER INFO")
+            .is_some_and(|i| i.contains("cluster_state:ok"))
+    }) {
+        assert!(Instant::now() < deadline, "the cluster comes up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let up = Upstream::start(Duration::ZERO).await;
+    let list = addrs
+        .iter()
+        .map(|a| format!("\"redis://{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cfg = ConfigDir::new(&format!(
+        "{}\n[state]\nbackend = \"redis\"\nredis_nodes = [{list}]\ntimeout_ms = 500\n",
+        small_config("[[routes.limits]]\nkey = \"device\"\nrate = \"3/h\"\nburst = 3\n")
+    ));
+    let (a, b) = (
+        gateway(&cfg, &up.url(), false).await,
+        gateway(&cfg, &up.url(), false).await,
+    );
+    let c = client();
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let gw = if i % 2 == 0 { a.addr } else { b.addr };
+        statuses.push(
+            claim_on(&c, gw, "/api/coupon/claim", "u-1", "d-1")
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -48,9 +48,11 @@ const SCRIPT: &str = include_str!("redis.lua");
 /// Fixed slots of the script before the limit cells (see `redis.lua`).
 const FIXED_SLOTS: usize = 27;
 
-/// After a failed call, requests skip Redis for this long (and degrade at once), so
-/// that an outage costs one timeout per period instead of one per request.
+/// After a failed call (or `TIMEOUTS_BEFORE_SKIPPING` timeouts in a row), requests
+/// skip Redis for this long and degrade at once, so that an outage costs one failed call
+/// per period instead of one per request. A single slow answer does not trigger it.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
+const TIMEOUTS_BEFORE_SKIPPING: u64 = 3;
 
 #[derive(Clone)]
 enum Conn {
@@ -77,6 +79,7 @@ struct Health {
     errors: AtomicU64,
     timeouts: AtomicU64,
     skipped: AtomicU64,
+    timeouts_in_a_row: AtomicU64,
     /// Milliseconds since `epoch` before which calls are skipped.
     retry_at_ms: AtomicU64,
 }
@@ -313,19 +316,26 @@ impl RedisState {
         match self.call(obs).await {
             Ok(values) => {
                 h.ok.fetch_add(1, Ordering::Relaxed);
+                h.timeouts_in_a_row.store(0, Ordering::Relaxed);
                 h.down.store(false, Ordering::Relaxed);
                 readout(&values, obs.limits.len())
             }
             Err(e) => {
-                let counter = if matches!(e, StateError::Timeout) {
-                    &h.timeouts
-                } else {
-                    &h.errors
+                let skip = match e {
+                    StateError::Timeout => {
+                        h.timeouts.fetch_add(1, Ordering::Relaxed);
+                        h.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_BEFORE_SKIPPING
+                    }
+                    StateError::Unavailable(_) => {
+                        h.errors.fetch_add(1, Ordering::Relaxed);
+                        true
+                    }
                 };
-                counter.fetch_add(1, Ordering::Relaxed);
                 h.down.store(true, Ordering::Relaxed);
-                h.retry_at_ms
-                    .store(self.now_ms() + RETRY_AFTER.as_millis() as u64, Ordering::Relaxed);
+                if skip {
+                    h.retry_at_ms
+                        .store(self.now_ms() + RETRY_AFTER.as_millis() as u64, Ordering::Relaxed);
+                }
                 Err(e)
             }
         }
