@@ -1,8 +1,8 @@
 -- riskgate's state in Redis: one request's observation in, its readout out, in one call.
 -- The logic mirrors src/state/memory.rs and src/state/window.rs step for step, so that
 -- both backends give the same readout for the same events (see src/state/redis.rs for
--- the KEYS/ARGV layout and the few documented differences). Every key written gets a
--- PEXPIRE in the same call, so none can outlive its TTL.
+-- the KEYS/ARGV layout and the few documented differences). Every key written gets its
+-- TTL in the same call (SET PX, or PEXPIRE after SETRANGE/APPEND), so none can outlive it.
 --
 -- KEYS: the keys of the slots the mask marks, in slot order, then the seed key.
 -- ARGV: 1 now_ms, 2 ttl_ms, 3 new_account_ms, 4 browse (0/1), 5 slot mask ('1' = the
@@ -30,60 +30,84 @@ redis.call('SET', KEYS[#KEYS], ARGV[#ARGV], 'NX', 'PX', ttl)
 redis.call('PEXPIRE', KEYS[#KEYS], ttl)
 
 local slot = {}
+local slot_keys = {}
 local k = 0
 for s = 1, #mask do
   if string.byte(mask, s) == 49 then
     k = k + 1
     slot[s] = KEYS[k]
+    slot_keys[k] = KEYS[k]
   end
 end
 
 local now_s = math.floor(now / 1000)
-local WIN = {1000, 60000, 3600000, 86400000}
 local CAP = 32
 
--- Two-bucket sliding windows (window.rs `Windows::bump` / `read`).
+-- Every value is a small packed string, read at once with one MGET and written with
+-- SET PX: a few commands per key instead of one per field. `cache` keeps what this
+-- call wrote, so a key in two slots reads its own write.
+local cache = {}
+if #slot_keys > 0 then
+  local values = redis.call('MGET', unpack(slot_keys))
+  for i, key in ipairs(slot_keys) do
+    cache[key] = values[i]
+  end
+end
+local function store(key, value)
+  cache[key] = value
+  redis.call('SET', key, value, 'PX', ttl)
+end
+
+-- Two-bucket sliding windows (window.rs `Windows::bump` / `read`):
+-- last ms (double), then current and previous count per window.
+local WFMT = '<dI4I4I4I4I4I4I4I4'
+
+-- One window of `len` ms at time `t` (last update at `last`): the rolled buckets and
+-- the estimated count.
+local function roll(len, t, last, cur, prev, bump)
+  local b, lb = math.floor(t / len), math.floor(last / len)
+  if b == lb + 1 then
+    prev, cur = cur, 0
+  elseif b > lb + 1 then
+    prev, cur = 0, 0
+  end
+  if bump then
+    cur = cur + 1
+  end
+  return cur, prev, cur + math.floor(prev * (len - t % len) / len)
+end
+
 local function windows(key, bump)
-  local h = redis.call('HMGET', key, 'l', 'c1', 'c2', 'c3', 'c4', 'p1', 'p2', 'p3', 'p4')
-  local last = tonumber(h[1]) or 0
+  local v = cache[key]
+  local last, c1, c2, c3, c4, p1, p2, p3, p4 = 0, 0, 0, 0, 0, 0, 0, 0, 0
+  if v then
+    last, c1, c2, c3, c4, p1, p2, p3, p4 = struct.unpack(WFMT, v)
+  end
   local t = now
   if t < last then
     t = last
   end
-  local out, set = {}, {'l', t}
-  for w = 1, 4 do
-    local len = WIN[w]
-    local cur, prev = tonumber(h[1 + w]) or 0, tonumber(h[5 + w]) or 0
-    local b, lb = math.floor(t / len), math.floor(last / len)
-    if b == lb + 1 then
-      prev, cur = cur, 0
-    elseif b > lb + 1 then
-      prev, cur = 0, 0
-    end
-    if bump then
-      cur = cur + 1
-    end
-    out[w] = cur + math.floor(prev * (len - t % len) / len)
-    set[#set + 1] = 'c' .. w
-    set[#set + 1] = cur
-    set[#set + 1] = 'p' .. w
-    set[#set + 1] = prev
-  end
+  local o1, o2, o3, o4
+  c1, p1, o1 = roll(1000, t, last, c1, p1, bump)
+  c2, p2, o2 = roll(60000, t, last, c2, p2, bump)
+  c3, p3, o3 = roll(3600000, t, last, c3, p3, bump)
+  c4, p4, o4 = roll(86400000, t, last, c4, p4, bump)
   if bump then
-    redis.call('HSET', key, unpack(set))
-    redis.call('PEXPIRE', key, ttl)
+    store(key, struct.pack(WFMT, t, c1, c2, c3, c4, p1, p2, p3, p4))
   end
-  return out
+  return {o1, o2, o3, o4}
 end
 
--- An identity's first-seen time and request timing (memory.rs `IdentityEntry::time`).
+-- An identity's first-seen time and request timing (memory.rs `IdentityEntry::time`):
+-- first ms, last ms (doubles), last gap ms, regular gaps in a row.
+local EFMT = '<ddI4I4'
 local function entry(key)
-  local h = redis.call('HMGET', key, 'f', 'l', 'g', 'r')
-  local new = not h[1]
-  local first = tonumber(h[1]) or now
-  local last = tonumber(h[2]) or 0
-  local last_gap = tonumber(h[3]) or 0
-  local regular = tonumber(h[4]) or 0
+  local v = cache[key]
+  local new = not v
+  local first, last, last_gap, regular = now, 0, 0, 0
+  if v then
+    first, last, last_gap, regular = struct.unpack(EFMT, v)
+  end
   if last > 0 and now > last then
     local gap = math.min(now - last, 4294967295)
     local tolerance = math.max(math.floor(gap / 20), 25)
@@ -97,8 +121,7 @@ local function entry(key)
   if now > last then
     last = now
   end
-  redis.call('HSET', key, 'f', first, 'l', last, 'g', last_gap, 'r', regular)
-  redis.call('PEXPIRE', key, ttl)
+  store(key, struct.pack(EFMT, first, last, last_gap, regular))
   local age = now - first
   if age < 0 then
     age = 0
@@ -106,29 +129,97 @@ local function entry(key)
   return age, new, regular
 end
 
--- Distinct sets: member -> second last seen, at most CAP members (window.rs `DistinctSet`).
-local function add(key, member)
-  if redis.call('ZSCORE', key, member) then
-    redis.call('ZADD', key, 'GT', now_s, member)
-  else
-    if redis.call('ZCARD', key) >= CAP then
-      redis.call('ZPOPMIN', key)
+-- Distinct sets (window.rs `DistinctSet`): up to CAP (fingerprint, second last seen)
+-- pairs of 8 bytes in insertion order; when full, the first of the members seen
+-- longest ago makes room. Unpacked flat in one call; a change rewrites only its own
+-- 8 bytes (SETRANGE) or appends them (APPEND).
+local SET_FMT = {}
+
+local function members(key)
+  local v = cache[key]
+  if not v or #v < 8 then
+    return {}, 0
+  end
+  local n = math.floor(#v / 8)
+  local fmt = SET_FMT[n]
+  if not fmt then
+    fmt = '<' .. string.rep('I4', 2 * n)
+    SET_FMT[n] = fmt
+  end
+  return {struct.unpack(fmt, v)}, n
+end
+
+local function count_of(m, n)
+  local hour, day = 0, 0
+  for i = 1, n do
+    local age = now_s - m[2 * i]
+    if age < 3600 then
+      hour = hour + 1
     end
-    redis.call('ZADD', key, now_s, member)
+    if age < 86400 then
+      day = day + 1
+    end
+  end
+  return {hour, day}
+end
+
+local function add(key, member)
+  local m, n = members(key)
+  local fp = tonumber(member)
+  local at = nil
+  for i = 1, n do
+    if m[2 * i - 1] == fp then
+      at = i
+      break
+    end
+  end
+  local record = struct.pack('<I4I4', fp, now_s)
+  local v = cache[key] or ''
+  if at then
+    if now_s > m[2 * at] then
+      m[2 * at] = now_s
+      redis.call('SETRANGE', key, (at - 1) * 8, record)
+      cache[key] = string.sub(v, 1, (at - 1) * 8) .. record .. string.sub(v, at * 8 + 1)
+    end
+  elseif n < CAP then
+    n = n + 1
+    m[2 * n - 1], m[2 * n] = fp, now_s
+    redis.call('APPEND', key, record)
+    cache[key] = v .. record
+  else
+    local oldest = 1
+    for i = 2, n do
+      if m[2 * i] < m[2 * oldest] then
+        oldest = i
+      end
+    end
+    m[2 * oldest - 1], m[2 * oldest] = fp, now_s
+    redis.call('SETRANGE', key, (oldest - 1) * 8, record)
+    cache[key] = string.sub(v, 1, (oldest - 1) * 8) .. record .. string.sub(v, oldest * 8 + 1)
   end
   redis.call('PEXPIRE', key, ttl)
+  return count_of(m, n)
 end
 
 local function count(key)
-  return {
-    redis.call('ZCOUNT', key, '(' .. (now_s - 3600), '+inf'),
-    redis.call('ZCOUNT', key, '(' .. (now_s - 86400), '+inf'),
-  }
+  return count_of(members(key))
+end
+
+local function touch(key)
+  if cache[key] then
+    redis.call('PEXPIRE', key, ttl)
+  end
 end
 
 local function contains(key, member, window)
-  local seen = redis.call('ZSCORE', key, member)
-  return seen and (now_s - tonumber(seen) < window)
+  local fp = tonumber(member)
+  local m, n = members(key)
+  for i = 1, n do
+    if m[2 * i - 1] == fp and now_s - m[2 * i] < window then
+      return true
+    end
+  end
+  return false
 end
 
 local out = {}
@@ -160,11 +251,11 @@ for r = 1, 8 do
       user_age, user_new, user_regular = entry(slot[10])
     end
     if fps[r] ~= '' then
-      add(m, fps[r])
+      push(add(m, fps[r]))
     else
-      redis.call('PEXPIRE', m, ttl)
+      touch(m)
+      push(count(m))
     end
-    push(count(m))
   else
     push({0, 0})
   end
@@ -184,8 +275,7 @@ push(derived(20, user_new))
 push(derived(21, user_new))
 push(derived(22, user_new))
 if slot[23] then
-  add(slot[23], subnet_fp)
-  push(count(slot[23]))
+  push(add(slot[23], subnet_fp))
 else
   push({0, 0})
 end
@@ -216,13 +306,15 @@ for i = 1, nlimits do
   local key = slot[27 + i]
   local t = tonumber(ARGV[16 + 2 * i])
   local tau = tonumber(ARGV[17 + 2 * i])
-  local tat = tonumber(redis.call('GET', key)) or now_us
+  local tat = tonumber(cache[key]) or now_us
   local earliest = tat - tau
   if now_us < earliest then
     out[#out + 1] = math.max(math.floor((earliest - now_us) / 1000), 1)
   else
     local next_tat = math.max(tat, now_us) + t
-    redis.call('SET', key, string.format('%.0f', next_tat), 'PX', math.floor((next_tat - now_us) / 1000) + 1000)
+    local value = string.format('%.0f', next_tat)
+    cache[key] = value
+    redis.call('SET', key, value, 'PX', math.floor((next_tat - now_us) / 1000) + 1000)
     out[#out + 1] = 0
   end
 end

@@ -4,18 +4,18 @@
 //! One request is one round trip: `redis.lua` receives every key the request touches and
 //! returns everything the `Readout` needs (EVALSHA; the script is loaded on NOSCRIPT).
 //! The script mirrors the in-memory backend step for step — the same two-bucket windows,
-//! distinct sets capped at 32 members with last-seen seconds (sorted sets), first-seen
-//! ages and timing regularity (a small hash per account and device), the same GCRA
-//! (governor's algorithm, in microseconds of event time) — so both backends give the
-//! same decisions on the same events. Differences, all outside normal operation:
+//! distinct sets of up to 32 (fingerprint, last-seen second) pairs in insertion order,
+//! first-seen ages and timing regularity, the same GCRA (governor's algorithm, in
+//! microseconds of event time) — so both backends give the same decisions on the same
+//! events. Each value is a small packed string (40 bytes a window, 8 bytes a set
+//! member): the script reads all of a request's keys with one MGET and writes each
+//! changed one with SET PX. Differences, all outside normal operation:
 //!
 //! - Expiry: every key gets a TTL of `state.ttl_s` in Redis' clock (GCRA cells: until
 //!   their cell is full again). The memory backend forgets idle keys after one to two
 //!   TTLs of event time, and evicts the coldest keys when over its budget; Redis keeps
 //!   everything until its TTL (size Redis' `maxmemory` with `volatile-ttl` or
 //!   `allkeys-lru` for floods).
-//! - A full distinct set (32 members) drops its member seen longest ago; on a tie
-//!   Redis drops the lowest fingerprint, the memory backend the earliest inserted.
 //! - GCRA intervals are rounded to whole microseconds (exact for every rate of the
 //!   form N/s, N/min, N/h, N/day whose interval is a whole number of microseconds).
 //!
