@@ -414,6 +414,9 @@ pub struct RouteConfig {
     /// Overrides `state.on_error` for this route.
     #[serde(default)]
     pub on_state_error: Option<OnStateError>,
+    /// Overrides `state.timeout_ms` for this route.
+    #[serde(default)]
+    pub state_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -76,6 +76,9 @@ pub struct Route {
     pub scored: bool,
     /// What to do when the state backend fails or is too slow.
     pub on_state_error: config::OnStateError,
+    /// How long this route waits for a remote state backend, when it overrides
+    /// `state.timeout_ms`.
+    pub state_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -449,6 +452,13 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
         } else {
             rc.mode.or(policy.mode).unwrap_or(Mode::Enforce)
         };
+        if rc.state_timeout_ms == Some(0) {
+            p.at(
+                Some(rc.name.span()),
+                format!("{key}.state_timeout_ms"),
+                "must be above 0 milliseconds",
+            );
+        }
         let identity = merge_identity(&file.identity, &rc.identity);
         let route_key = hasher.key(KeyKind::Route, &name);
         let mut limits = Vec::new();
@@ -546,6 +556,7 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
             rules: route_rules,
             scored: rc.action != Action::Browse,
             on_state_error: rc.on_state_error.unwrap_or(file.state.on_error),
+            state_timeout_ms: rc.state_timeout_ms,
         });
     }
     for (i, r) in file.rules.iter().enumerate() {
@@ -912,6 +923,7 @@ method = "POST"
 path = "/k"
 action = "checkin"
 on_state_error = "deny"
+state_timeout_ms = 30
 "#;
 
     #[test]
@@ -919,6 +931,8 @@ on_state_error = "deny"
         let rt = build_text(ROUTES).unwrap();
         let policies: Vec<_> = rt.routes.iter().map(|r| r.on_state_error).collect();
         assert_eq!(policies, [OnStateError::Allow, OnStateError::Deny]);
+        let timeouts: Vec<_> = rt.routes.iter().map(|r| r.state_timeout_ms).collect();
+        assert_eq!(timeouts, [None, Some(30)]);
         let rt = build_text(&format!("[state]\non_error = \"local\"\n{ROUTES}")).unwrap();
         let policies: Vec<_> = rt.routes.iter().map(|r| r.on_state_error).collect();
         assert_eq!(policies, [OnStateError::Local, OnStateError::Deny]);

@@ -147,5 +147,6 @@ pub fn plan(hasher: &KeyHasher, route: &Route, signals: &SignalsConfig, ids: &Id
         browse: !route.scored,
         new_account_ms: signals.new_account_s * 1_000,
         limits,
+        timeout_ms: route.state_timeout_ms,
     }
 }

@@ -331,10 +331,18 @@ async fn redis_down_applies_each_routes_policy_and_recovers_without_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_redis_times_out_into_the_policy() {
+async fn slow_redis_times_out_into_the_routes_policy_at_the_routes_timeout() {
     let Some(redis) = RedisServer::start() else { return };
     let up = Upstream::start(Duration::ZERO).await;
-    let cfg = ConfigDir::new(&policy_config(&redis).replace("timeout_ms = 200", "timeout_ms = 100"));
+    // Check-ins wait 100 ms for Redis; the other routes up to 5 s.
+    let cfg = ConfigDir::new(
+        &policy_config(&redis)
+            .replace("timeout_ms = 200", "timeout_ms = 5000")
+            .replace(
+                "on_state_error = \"deny\"",
+                "on_state_error = \"deny\"\nstate_timeout_ms = 100",
+            ),
+    );
     let gw = gateway(&cfg, &up.url(), false).await;
     let c = client();
     assert_eq!(claim_on(&c, gw.addr, "/api/checkin", "u-1", "d-1").await.status, 200);
@@ -359,6 +367,10 @@ async fn slow_redis_times_out_into_the_policy() {
         metric(&m, r#"riskgate_state_degraded_total{policy="deny",route="checkin"}"#),
         Some(1.0)
     );
+    // A route with the longer timeout waits the stall out and is decided from Redis.
+    let a = claim_on(&c, gw.addr, "/api/coupon/claim", "u-3", "d-3").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(up.seen().last().unwrap().header("x-risk-reasons"), None);
     sleeper.join().unwrap();
     gw.shutdown().await;
 }
@@ -542,4 +554,89 @@ async fn redis_cluster_backend_shares_one_limit_between_gateways() {
     assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// A differential test of the two backends at the state layer: random observations
+/// over small pools of identities (so that distinct sets overflow their 32 members),
+/// time jumping from milliseconds to a day ahead and sometimes back (late events), and
+/// GCRA limits; every readout must be equal.
+#[test]
+fn both_backends_read_out_the_same_on_random_observations() {
+    use riskgate::state::{KeyHasher, KeyKind, LimitCheck, MemoryState, Observation, RedisState, StateStore, KINDS};
+    let Some(redis) = RedisServer::start() else { return };
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // TTLs far beyond the simulated three days: expiry is not what is compared here.
+    let ttl_s = 30 * 86_400;
+    let cfg = riskgate::config::StateConfig {
+        redis_url: redis.url(),
+        timeout_ms: 5_000,
+        ttl_s,
+        ..Default::default()
+    };
+    let (remote, _) = tokio.block_on(RedisState::connect(&cfg)).unwrap();
+    let local = MemoryState::new(64 << 20, ttl_s * 1_000);
+    let h = KeyHasher::seeded(7);
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let quotas = [
+        governor::Quota::per_minute(std::num::NonZeroU32::new(6).unwrap())
+            .allow_burst(std::num::NonZeroU32::new(3).unwrap()),
+        governor::Quota::per_hour(std::num::NonZeroU32::new(20).unwrap()),
+    ];
+    let mut now = 1_762_819_200_000u64;
+    for i in 0..4_000 {
+        now = match rand(20) {
+            0 => now.saturating_sub(rand(5_000)),
+            1 => now + 3_600_000 + rand(20 * 3_600_000),
+            2..=5 => now + rand(120_000),
+            _ => now + rand(1_500),
+        };
+        let mut keys = [None; KINDS];
+        let mut pick = |kind: KeyKind, pool: u64, present: u64| {
+            (rand(100) < present).then(|| h.key(kind, &format!("{}-{}", kind.name(), rand(pool))))
+        };
+        keys[KeyKind::User as usize] = pick(KeyKind::User, 70, 95);
+        keys[KeyKind::Device as usize] = pick(KeyKind::Device, 45, 90);
+        keys[KeyKind::Ip as usize] = pick(KeyKind::Ip, 40, 100);
+        keys[KeyKind::Subnet as usize] = pick(KeyKind::Subnet, 4, 100);
+        keys[KeyKind::Phone as usize] = pick(KeyKind::Phone, 30, 50);
+        keys[KeyKind::Campaign as usize] = pick(KeyKind::Campaign, 3, 90);
+        keys[KeyKind::Route as usize] = pick(KeyKind::Route, 2, 100);
+        keys[KeyKind::Inviter as usize] = pick(KeyKind::Inviter, 12, 30);
+        keys[KeyKind::PayAccount as usize] = pick(KeyKind::PayAccount, 10, 20);
+        keys[KeyKind::Address as usize] = pick(KeyKind::Address, 10, 20);
+        keys[KeyKind::UserAgent as usize] = pick(KeyKind::UserAgent, 5, 95);
+        let inviter_as_user =
+            keys[KeyKind::Inviter as usize].map(|_| h.key(KeyKind::User, &format!("user-{}", rand(70))));
+        let limits = (0..rand(3))
+            .filter_map(|j| {
+                let key = keys[if j == 0 { KeyKind::Device } else { KeyKind::User } as usize]?;
+                Some(LimitCheck {
+                    key: key ^ j,
+                    quota: quotas[j as usize],
+                })
+            })
+            .collect();
+        let obs = Observation {
+            ts_ms: now,
+            route: keys[KeyKind::Route as usize].unwrap_or(1),
+            keys,
+            inviter_as_user,
+            browse: rand(5) == 0,
+            new_account_ms: 600_000,
+            limits,
+            timeout_ms: None,
+        };
+        let want = local.observe_now(&obs);
+        let got = tokio.block_on(remote.observe(&obs)).unwrap();
+        assert_eq!(got, want, "observation {i}: {obs:?}");
+    }
 }

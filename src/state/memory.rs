@@ -296,6 +296,7 @@ mod tests {
             browse: false,
             new_account_ms: 600_000,
             limits: smallvec![],
+            timeout_ms: None,
         }
     }
 

@@ -125,6 +125,9 @@ pub struct Observation {
     /// How young an account must be to count as brand new when it assists an inviter.
     pub new_account_ms: u64,
     pub limits: SmallVec<[LimitCheck; 4]>,
+    /// How long a remote backend may take for this request (the route's
+    /// `state_timeout_ms`); `None`: the backend's own `state.timeout_ms`.
+    pub timeout_ms: Option<u64>,
 }
 
 /// One GCRA limit to test and, when it conforms, to consume.

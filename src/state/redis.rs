@@ -298,7 +298,8 @@ impl RedisState {
                 Conn::Cluster(mut c) => inv.invoke_async::<Vec<i64>>(&mut c).await,
             }
         };
-        match tokio::time::timeout(self.timeout, call).await {
+        let timeout = obs.timeout_ms.map(Duration::from_millis).unwrap_or(self.timeout);
+        match tokio::time::timeout(timeout, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(StateError::Unavailable(e.to_string())),
             Err(_) => Err(StateError::Timeout),
