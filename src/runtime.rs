@@ -679,6 +679,19 @@ impl Runtime {
             self.server.admin_listen,
             self.server.mode.as_str()
         );
+        let _ = writeln!(
+            s,
+            "state {}  timeout {} ms  on error {}",
+            match self.state.backend {
+                config::StateBackend::Memory => format!("memory ({} MB)", self.state.memory_budget_mb),
+                config::StateBackend::Redis if self.state.redis_nodes.is_empty() => {
+                    format!("redis {}", self.state.redis_url)
+                }
+                config::StateBackend::Redis => format!("redis cluster {}", self.state.redis_nodes.join(",")),
+            },
+            self.state.timeout_ms,
+            self.state.on_error.as_str()
+        );
         let _ = writeln!(s, "routes ({}):", self.routes.len());
         for r in &self.routes {
             let scoring = if r.scored {
@@ -695,10 +708,14 @@ impl Runtime {
             };
             let _ = writeln!(
                 s,
-                "  {:<18} {:<9} -> {}  {scoring}",
+                "  {:<18} {:<9} -> {}  {scoring}  state error: {}{}",
                 r.name,
                 r.action.as_str(),
-                r.upstream.name
+                r.upstream.name,
+                r.on_state_error.as_str(),
+                r.state_timeout_ms
+                    .map(|ms| format!(" after {ms} ms"))
+                    .unwrap_or_default()
             );
             for l in &r.limits {
                 let _ = writeln!(

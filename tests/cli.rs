@@ -26,6 +26,8 @@ fn check_config_summarises_the_default_config() {
         "device_many_accounts",
         "blocked_devices",
         "counted, not scored",
+        "state memory (256 MB)  timeout 50 ms  on error allow",
+        "state error: allow",
     ] {
         assert!(stdout.contains(needle), "missing {needle} in\n{stdout}");
     }
