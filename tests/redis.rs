@@ -350,11 +350,25 @@ async fn slow_redis_times_out_into_the_routes_policy_at_the_routes_timeout() {
     let port = redis.port;
     let sleeper = std::thread::spawn(move || {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.write_all(b"DEBUG SLEEP 2\r\n").unwrap();
+        s.write_all(b"DEBUG SLEEP 3\r\n").unwrap();
         let mut buf = [0u8; 64];
         let _ = s.read(&mut buf);
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until Redis really is stalled: a PING goes unanswered for 100 ms.
+    let stalled = || {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+        let _ = s.write_all(b"PING\r\n");
+        let mut buf = [0u8; 16];
+        s.read(&mut buf).is_err()
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !stalled() {
+        assert!(Instant::now() < deadline, "DEBUG SLEEP stalls redis");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let a = claim_on(&c, gw.addr, "/api/checkin", "u-2", "d-2").await;
     assert_eq!(a.status, 403, "deny after the timeout: {}", a.body);
     let m = metrics(&c, gw.admin_addr).await;
