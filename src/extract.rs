@@ -84,8 +84,8 @@ pub struct IdentitySpec {
 }
 
 impl IdentitySpec {
-    /// True when any identity is read from the JSON body, so the body must be buffered.
-    pub fn needs_json_body(&self) -> bool {
+    /// Every configured source.
+    pub fn sources(&self) -> impl Iterator<Item = &Source> {
         [
             &self.user,
             &self.device,
@@ -99,8 +99,67 @@ impl IdentitySpec {
             &self.app_version,
         ]
         .into_iter()
-        .any(|s| matches!(s, Some(Source::Json(_))))
+        .flatten()
     }
+
+    /// True when any identity is read from the JSON body, so the body must be buffered.
+    pub fn needs_json_body(&self) -> bool {
+        self.sources().any(|s| matches!(s, Source::Json(_)))
+    }
+}
+
+/// Why a request's identities cannot be read unambiguously.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ambiguity {
+    /// An identity header, query parameter or cookie appears more than once.
+    Repeated(Source),
+    /// An identity header is not valid UTF-8.
+    NotUtf8(Source),
+}
+
+/// Checks that every identity the route reads from headers, the query or cookies is
+/// given at most once and, for headers, as UTF-8. Gateways and backends disagree on
+/// which of two values counts (first, last, joined), so a client that repeats
+/// `x-device-id` could be keyed on one value here and served on another there: the
+/// proxy refuses such a request (400) instead of guessing.
+pub fn ambiguity(spec: &IdentitySpec, headers: &http::HeaderMap, query: &str) -> Option<Ambiguity> {
+    for source in spec.sources() {
+        let repeated = match source {
+            Source::Header(name) => {
+                let mut values = headers.get_all(name.as_str()).iter();
+                let first = values.next();
+                if first.is_some_and(|v| std::str::from_utf8(v.as_bytes()).is_err()) {
+                    return Some(Ambiguity::NotUtf8(source.clone()));
+                }
+                values.next().is_some()
+            }
+            Source::Query(name) => {
+                form_urlencoded::parse(query.as_bytes())
+                    .filter(|(k, _)| k == name)
+                    .take(2)
+                    .count()
+                    > 1
+            }
+            Source::Cookie(name) => {
+                headers
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+                    .filter(|pair| {
+                        let key = pair.split(|&b| b == b'=').next().unwrap_or_default();
+                        key.trim_ascii() == name.as_bytes()
+                    })
+                    .take(2)
+                    .count()
+                    > 1
+            }
+            Source::Json(_) | Source::Ip => false,
+        };
+        if repeated {
+            return Some(Ambiguity::Repeated(source.clone()));
+        }
+    }
+    None
 }
 
 /// The identities of one request.

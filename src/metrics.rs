@@ -33,7 +33,20 @@ pub struct Metrics {
     audit_records: IntCounterVec,
     audit_errors: IntCounter,
     audit_queued: IntGauge,
+    /// Admin calls refused for a missing or wrong bearer token.
+    pub admin_denied: IntCounter,
+    /// 1 when a model is loaded and the config asks for one (set by the model loader).
+    pub model_loaded: IntGauge,
+    /// Stopped requests of the rank-th top offender per identity kind (no identity in
+    /// the labels: kind × rank 1..=TOP_RANKS series at most).
+    top_offenders: IntGaugeVec,
 }
+
+/// Why a request is refused before scoring (`riskgate_rejected_requests_total{reason}`).
+pub const REJECT_REASONS: [&str; 5] = ["body_too_large", "unmatched", "bad_request", "bad_json", "bad_identity"];
+
+/// Ranks exported in `riskgate_top_offender_stopped` (the full list is on /top).
+pub const TOP_RANKS: usize = 10;
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -124,7 +137,7 @@ impl Metrics {
             rejected: counter(
                 &r,
                 "riskgate_rejected_requests_total",
-                "Requests refused before scoring, by reason (body_too_large, unmatched, bad_request).",
+                "Requests refused before scoring, by reason (body_too_large, unmatched, bad_request, bad_json, bad_identity).",
                 &["reason"],
             ),
             state_errors: {
@@ -191,6 +204,26 @@ impl Metrics {
                 "riskgate_audit_queue_records",
                 "Decision records waiting for the audit writer.",
             ),
+            admin_denied: {
+                let c = IntCounter::new(
+                    "riskgate_admin_unauthorized_total",
+                    "Privileged admin calls refused for a missing or wrong bearer token.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            model_loaded: gauge(
+                &r,
+                "riskgate_model_loaded",
+                "1 when a trained model is loaded and the config asks for one, else 0.",
+            ),
+            top_offenders: gauge_vec(
+                &r,
+                "riskgate_top_offender_stopped",
+                "Stopped requests of the rank-th most stopped identity of a kind over the last one to two top windows (identities on the admin /top endpoint).",
+                &["kind", "rank"],
+            ),
             registry: r,
         }
     }
@@ -236,6 +269,9 @@ impl Metrics {
         for outcome in ["success", "failure"] {
             self.reloads.with_label_values(&[outcome]);
         }
+        for reason in REJECT_REASONS {
+            self.rejected.with_label_values(&[reason]);
+        }
     }
 
     /// Copies the state backend's own accounting into the gauges and counters.
@@ -258,6 +294,19 @@ impl Metrics {
         self.audit_queued.set(stats.queued as i64);
     }
 
+    /// Copies the top offenders' counts (not their identities) into the rank gauges.
+    pub fn update_offenders(&self, offenders: &crate::offenders::Offenders, now_ms: u64) {
+        for kind in crate::offenders::Kind::ALL {
+            let top = offenders.top(kind, TOP_RANKS, now_ms);
+            for rank in 0..TOP_RANKS {
+                let stopped = top.get(rank).map_or(0, |o| o.stopped);
+                self.top_offenders
+                    .with_label_values(&[kind.as_str(), RANKS[rank]])
+                    .set(stopped as i64);
+            }
+        }
+    }
+
     /// The text exposition.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -275,6 +324,8 @@ fn follow(counter: &prometheus::IntCounter, total: u64) {
         counter.inc_by(total - seen);
     }
 }
+
+const RANKS: [&str; TOP_RANKS] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
 
 fn mode(shadow: bool) -> &'static str {
     if shadow {
