@@ -16,6 +16,8 @@ pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
     pub decision_seconds: HistogramVec,
+    /// Scores of scored requests, by route (buckets of 0.1: the dashboard's distribution).
+    pub scores: HistogramVec,
     pub upstream_seconds: HistogramVec,
     pub upstream_errors: IntCounterVec,
     pub rule_hits: IntCounterVec,
@@ -102,6 +104,13 @@ impl Metrics {
                 "Time the gateway spent deciding (extract, signals, score, decide), excluding the upstream.",
                 &["route"],
                 decision_buckets,
+            ),
+            scores: histogram(
+                &r,
+                "riskgate_score",
+                "Risk scores of scored requests (0 to 1), by route.",
+                &["route"],
+                vec![0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99],
             ),
             upstream_seconds: histogram(
                 &r,
@@ -235,6 +244,9 @@ impl Metrics {
             .with_label_values(&[&route.name, a.decision.as_str()])
             .inc();
         self.decision_seconds.with_label_values(&[&route.name]).observe(seconds);
+        if route.scored {
+            self.scores.with_label_values(&[&route.name]).observe(a.score.value);
+        }
         if a.state_error {
             self.state_errors.inc();
         }
