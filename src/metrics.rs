@@ -278,6 +278,18 @@ impl Metrics {
         for rule in &rt.rules {
             self.rule_hits.with_label_values(&[&rule.name, mode(rule.shadow)]);
         }
+        for list in &rt.lists {
+            self.list_hits.with_label_values(&[&list.name]);
+        }
+        for route in &rt.routes {
+            for limit in &route.limits {
+                self.limit_hits
+                    .with_label_values(&[&route.name, &limit.name, mode(limit.shadow)]);
+            }
+            for kind in ["connect", "timeout", "other"] {
+                self.upstream_errors.with_label_values(&[&route.name, kind]);
+            }
+        }
         for outcome in ["success", "failure"] {
             self.reloads.with_label_values(&[outcome]);
         }
