@@ -322,10 +322,10 @@ impl Metrics {
     pub fn update_offenders(&self, offenders: &crate::offenders::Offenders, now_ms: u64) {
         for kind in crate::offenders::Kind::ALL {
             let top = offenders.top(kind, TOP_RANKS, now_ms);
-            for rank in 0..TOP_RANKS {
-                let stopped = top.get(rank).map_or(0, |o| o.stopped);
+            for (i, rank) in RANKS.iter().enumerate() {
+                let stopped = top.get(i).map_or(0, |o| o.stopped);
                 self.top_offenders
-                    .with_label_values(&[kind.as_str(), RANKS[rank]])
+                    .with_label_values(&[kind.as_str(), rank])
                     .set(stopped as i64);
             }
         }

@@ -485,7 +485,8 @@ async fn repeated_or_non_utf8_identities_are_refused() {
         req.body(http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())))
             .unwrap()
     };
-    let cases: Vec<(String, Vec<(&str, &[u8])>)> = vec![
+    type Headers = Vec<(&'static str, &'static [u8])>;
+    let cases: Vec<(String, Headers)> = vec![
         // An attacker sending two device ids must not be keyed on a fresh joined value.
         (base.clone(), vec![("x-device-id", b"d1"), ("x-device-id", b"d2")]),
         (base.clone(), vec![("x-user-id", b"u1"), ("x-user-id", b"u1")]),
