@@ -564,7 +564,10 @@ const TOKEN: &str = "test-admin-token-0123456789";
 async fn admin_calls_need_the_bearer_token_and_top_lists_offenders() {
     let up = Upstream::start(Duration::ZERO).await;
     let cfg = ConfigDir::default_config();
-    let toml = std::fs::read_to_string(cfg.path()).unwrap() + &format!("\n[admin]\ntoken = \"{TOKEN}\"\n");
+    let toml = std::fs::read_to_string(cfg.path())
+        .unwrap()
+        .replace("[admin]\n", &format!("[admin]\ntoken = \"{TOKEN}\"\n"));
+    assert!(toml.contains(TOKEN));
     cfg.write("riskgate.toml", &toml);
     let gw = gateway(&cfg, &up.url(), false).await;
     let c = client();
