@@ -56,6 +56,12 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
     c
 }
 
+fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
     registry.register(Box::new(h.clone())).expect("unique metric");
@@ -149,15 +155,7 @@ impl Metrics {
                 "Requests refused before scoring, by reason (body_too_large, unmatched, bad_request, bad_json, bad_identity).",
                 &["reason"],
             ),
-            state_errors: {
-                let c = IntCounter::new(
-                    "riskgate_state_errors_total",
-                    "Requests decided without state because the backend failed (fail open).",
-                )
-                .expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            state_errors: plain_counter(&r, "riskgate_state_errors_total", "Requests decided without state because the backend failed (fail open)."),
             tracked_keys: gauge_vec(
                 &r,
                 "riskgate_state_tracked_keys",
@@ -199,29 +197,13 @@ impl Metrics {
                 "Decision records by outcome: written, or dropped (queue full or disk failing).",
                 &["outcome"],
             ),
-            audit_errors: {
-                let c = IntCounter::new(
-                    "riskgate_audit_errors_total",
-                    "Audit log open, write and rotation failures.",
-                )
-                .expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            audit_errors: plain_counter(&r, "riskgate_audit_errors_total", "Audit log open, write and rotation failures."),
             audit_queued: gauge(
                 &r,
                 "riskgate_audit_queue_records",
                 "Decision records waiting for the audit writer.",
             ),
-            admin_denied: {
-                let c = IntCounter::new(
-                    "riskgate_admin_unauthorized_total",
-                    "Privileged admin calls refused for a missing or wrong bearer token.",
-                )
-                .expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            admin_denied: plain_counter(&r, "riskgate_admin_unauthorized_total", "Privileged admin calls refused for a missing or wrong bearer token."),
             model_loaded: gauge(
                 &r,
                 "riskgate_model_loaded",

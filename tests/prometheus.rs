@@ -43,16 +43,23 @@ async fn traffic(c: &TestClient, addr: std::net::SocketAddr) {
     assert!(stopped > 0, "the device farm was never stopped");
 }
 
-#[tokio::test]
-async fn promtool_accepts_the_metrics_and_the_alert_tests_pass() {
-    if !have("promtool") {
-        return;
-    }
+/// The default config's gateway after `traffic`; the upstream and config dir must live
+/// as long as the gateway.
+async fn with_traffic() -> (Upstream, ConfigDir, riskgate::server::Running, TestClient) {
     let up = Upstream::start(Duration::ZERO).await;
     let cfg = ConfigDir::default_config();
     let gw = gateway(&cfg, &up.url(), false).await;
     let c = client();
     traffic(&c, gw.addr).await;
+    (up, cfg, gw, c)
+}
+
+#[tokio::test]
+async fn promtool_accepts_the_metrics_and_the_alert_tests_pass() {
+    if !have("promtool") {
+        return;
+    }
+    let (_up, _cfg, gw, c) = with_traffic().await;
     let text = metrics(&c, gw.admin_addr).await;
     gw.shutdown().await;
 
@@ -113,11 +120,7 @@ fn names_in(text: &str) -> std::collections::BTreeSet<String> {
 
 #[tokio::test]
 async fn alerts_and_dashboard_name_only_exported_metrics() {
-    let up = Upstream::start(Duration::ZERO).await;
-    let cfg = ConfigDir::default_config();
-    let gw = gateway(&cfg, &up.url(), false).await;
-    let c = client();
-    traffic(&c, gw.addr).await;
+    let (_up, _cfg, gw, c) = with_traffic().await;
     let exported = names_in(
         &metrics(&c, gw.admin_addr)
             .await
@@ -200,11 +203,7 @@ async fn a_real_prometheus_scrapes_the_gateway() {
     if !have("prometheus") {
         return;
     }
-    let up = Upstream::start(Duration::ZERO).await;
-    let cfg = ConfigDir::default_config();
-    let gw = gateway(&cfg, &up.url(), false).await;
-    let c = client();
-    traffic(&c, gw.addr).await;
+    let (_up, _cfg, gw, c) = with_traffic().await;
 
     // Prometheus on a free loopback port, scraping the admin listener every second.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
