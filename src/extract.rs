@@ -376,4 +376,48 @@ mod tests {
             "2001:db8:1:2::/64"
         );
     }
+
+    #[test]
+    fn ambiguous_identities() {
+        let spec = IdentitySpec {
+            device: Some(Source::Header("x-device-id".into())),
+            inviter: Some(Source::Query("inviter".into())),
+            phone: Some(Source::Cookie("ph".into())),
+            campaign: Some(Source::Json("/campaign_id".into())),
+            ..IdentitySpec::default()
+        };
+        let check = |headers: &[(&str, &[u8])], query: &str, expect: Option<&str>| {
+            let mut map = http::HeaderMap::new();
+            for (k, v) in headers {
+                map.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    http::HeaderValue::from_bytes(v).unwrap(),
+                );
+            }
+            let got = ambiguity(&spec, &map, query).map(|a| match a {
+                Ambiguity::Repeated(s) => format!("repeated {s}"),
+                Ambiguity::NotUtf8(s) => format!("not utf-8 {s}"),
+            });
+            assert_eq!(got.as_deref(), expect, "{headers:?} {query}");
+        };
+        check(&[("x-device-id", b"d1")], "inviter=a&x=1&x=2", None);
+        check(
+            &[("x-device-id", b"d1"), ("x-device-id", b"d2")],
+            "",
+            Some("repeated header:x-device-id"),
+        );
+        check(&[("x-device-id", b"d\xff")], "", Some("not utf-8 header:x-device-id"));
+        check(&[("x-device-id", "设备".as_bytes())], "", None);
+        check(&[], "inviter=a&inviter=a", Some("repeated query:inviter"));
+        check(&[], "inviter=a&inviter2=b", None);
+        check(&[("cookie", b"ph=1; sid=2")], "", None);
+        check(&[("cookie", b"ph=1;ph=2")], "", Some("repeated cookie:ph"));
+        check(
+            &[("cookie", b"ph=1"), ("cookie", b" ph=2")],
+            "",
+            Some("repeated cookie:ph"),
+        );
+        check(&[("cookie", b"xph=1; php=2")], "", None);
+        check(&[("accept", b"a"), ("accept", b"b")], "", None);
+    }
 }
