@@ -566,7 +566,7 @@ async fn admin_calls_need_the_bearer_token_and_top_lists_offenders() {
     let cfg = ConfigDir::default_config();
     let toml = std::fs::read_to_string(cfg.path())
         .unwrap()
-        .replace("[admin]\n", &format!("[admin]\ntoken = \"{TOKEN}\"\n"));
+        .replace("\n[admin]\n", &format!("\n[admin]\ntoken = \"{TOKEN}\"\n"));
     assert!(toml.contains(TOKEN));
     cfg.write("riskgate.toml", &toml);
     let gw = gateway(&cfg, &up.url(), false).await;
@@ -624,7 +624,7 @@ async fn admin_calls_need_the_bearer_token_and_top_lists_offenders() {
     // POST /reload: a good file reloads, a bad one is refused with its problems.
     let a = send(&c, "POST", &admin("/reload"), &[("authorization", &bearer)], "").await;
     assert_eq!(a.status, 200, "{}", a.body);
-    cfg.write("riskgate.toml", &toml.replace("[admin]", "[admin]\nbogus_key = 1"));
+    cfg.write("riskgate.toml", &toml.replace("\n[admin]\n", "\n[admin]\nbogus_key = 1\n"));
     let a = send(&c, "POST", &admin("/reload"), &[("authorization", &bearer)], "").await;
     assert_eq!(a.status, 422, "{}", a.body);
     assert!(a.body.contains("bogus_key"), "{}", a.body);
