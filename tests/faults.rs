@@ -624,7 +624,10 @@ async fn admin_calls_need_the_bearer_token_and_top_lists_offenders() {
     // POST /reload: a good file reloads, a bad one is refused with its problems.
     let a = send(&c, "POST", &admin("/reload"), &[("authorization", &bearer)], "").await;
     assert_eq!(a.status, 200, "{}", a.body);
-    cfg.write("riskgate.toml", &toml.replace("\n[admin]\n", "\n[admin]\nbogus_key = 1\n"));
+    cfg.write(
+        "riskgate.toml",
+        &toml.replace("\n[admin]\n", "\n[admin]\nbogus_key = 1\n"),
+    );
     let a = send(&c, "POST", &admin("/reload"), &[("authorization", &bearer)], "").await;
     assert_eq!(a.status, 422, "{}", a.body);
     assert!(a.body.contains("bogus_key"), "{}", a.body);
