@@ -44,6 +44,8 @@ pub struct ConfigFile {
     pub rules: Vec<RuleConfig>,
     #[serde(default)]
     pub lists: Vec<ListConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -248,6 +250,47 @@ impl Default for AuditConfig {
             keep_files: 8,
             capture_events: false,
         }
+    }
+}
+
+/// The admin listener's privileged calls (POST /reload, GET /top) and the top-offenders
+/// sketch behind /top.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The bearer token itself. Prefer `token_env`: a file is easier to leak than an
+    /// environment variable.
+    pub token: Option<String>,
+    /// The environment variable holding the bearer token (read at start and reload);
+    /// used when `token` is not set.
+    pub token_env: String,
+    /// Stopped requests are counted per identity in windows of this length; /top reports
+    /// the current and the previous window (so between one and two of these).
+    pub top_window_s: u64,
+    /// Identities tracked per kind and window (Space-Saving counters): the memory bound.
+    pub top_capacity: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            token: None,
+            token_env: "RISKGATE_ADMIN_TOKEN".into(),
+            top_window_s: 300,
+            top_capacity: 512,
+        }
+    }
+}
+
+// Never print the token, not even in a debug dump of the config.
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_env", &self.token_env)
+            .field("top_window_s", &self.top_window_s)
+            .field("top_capacity", &self.top_capacity)
+            .finish()
     }
 }
 

@@ -84,8 +84,8 @@ pub struct IdentitySpec {
 }
 
 impl IdentitySpec {
-    /// True when any identity is read from the JSON body, so the body must be buffered.
-    pub fn needs_json_body(&self) -> bool {
+    /// Every configured source.
+    pub fn sources(&self) -> impl Iterator<Item = &Source> {
         [
             &self.user,
             &self.device,
@@ -99,8 +99,67 @@ impl IdentitySpec {
             &self.app_version,
         ]
         .into_iter()
-        .any(|s| matches!(s, Some(Source::Json(_))))
+        .flatten()
     }
+
+    /// True when any identity is read from the JSON body, so the body must be buffered.
+    pub fn needs_json_body(&self) -> bool {
+        self.sources().any(|s| matches!(s, Source::Json(_)))
+    }
+}
+
+/// Why a request's identities cannot be read unambiguously.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ambiguity {
+    /// An identity header, query parameter or cookie appears more than once.
+    Repeated(Source),
+    /// An identity header is not valid UTF-8.
+    NotUtf8(Source),
+}
+
+/// Checks that every identity the route reads from headers, the query or cookies is
+/// given at most once and, for headers, as UTF-8. Gateways and backends disagree on
+/// which of two values counts (first, last, joined), so a client that repeats
+/// `x-device-id` could be keyed on one value here and served on another there: the
+/// proxy refuses such a request (400) instead of guessing.
+pub fn ambiguity(spec: &IdentitySpec, headers: &http::HeaderMap, query: &str) -> Option<Ambiguity> {
+    for source in spec.sources() {
+        let repeated = match source {
+            Source::Header(name) => {
+                let mut values = headers.get_all(name.as_str()).iter();
+                let first = values.next();
+                if first.is_some_and(|v| std::str::from_utf8(v.as_bytes()).is_err()) {
+                    return Some(Ambiguity::NotUtf8(source.clone()));
+                }
+                values.next().is_some()
+            }
+            Source::Query(name) => {
+                form_urlencoded::parse(query.as_bytes())
+                    .filter(|(k, _)| k == name)
+                    .take(2)
+                    .count()
+                    > 1
+            }
+            Source::Cookie(name) => {
+                headers
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+                    .filter(|pair| {
+                        let key = pair.split(|&b| b == b'=').next().unwrap_or_default();
+                        key.trim_ascii() == name.as_bytes()
+                    })
+                    .take(2)
+                    .count()
+                    > 1
+            }
+            Source::Json(_) | Source::Ip => false,
+        };
+        if repeated {
+            return Some(Ambiguity::Repeated(source.clone()));
+        }
+    }
+    None
 }
 
 /// The identities of one request.
@@ -316,5 +375,49 @@ mod tests {
             subnet_of("2001:db8:1:2:3::9".parse().unwrap()).to_string(),
             "2001:db8:1:2::/64"
         );
+    }
+
+    #[test]
+    fn ambiguous_identities() {
+        let spec = IdentitySpec {
+            device: Some(Source::Header("x-device-id".into())),
+            inviter: Some(Source::Query("inviter".into())),
+            phone: Some(Source::Cookie("ph".into())),
+            campaign: Some(Source::Json("/campaign_id".into())),
+            ..IdentitySpec::default()
+        };
+        let check = |headers: &[(&str, &[u8])], query: &str, expect: Option<&str>| {
+            let mut map = http::HeaderMap::new();
+            for (k, v) in headers {
+                map.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    http::HeaderValue::from_bytes(v).unwrap(),
+                );
+            }
+            let got = ambiguity(&spec, &map, query).map(|a| match a {
+                Ambiguity::Repeated(s) => format!("repeated {s}"),
+                Ambiguity::NotUtf8(s) => format!("not utf-8 {s}"),
+            });
+            assert_eq!(got.as_deref(), expect, "{headers:?} {query}");
+        };
+        check(&[("x-device-id", b"d1")], "inviter=a&x=1&x=2", None);
+        check(
+            &[("x-device-id", b"d1"), ("x-device-id", b"d2")],
+            "",
+            Some("repeated header:x-device-id"),
+        );
+        check(&[("x-device-id", b"d\xff")], "", Some("not utf-8 header:x-device-id"));
+        check(&[("x-device-id", "设备".as_bytes())], "", None);
+        check(&[], "inviter=a&inviter=a", Some("repeated query:inviter"));
+        check(&[], "inviter=a&inviter2=b", None);
+        check(&[("cookie", b"ph=1; sid=2")], "", None);
+        check(&[("cookie", b"ph=1;ph=2")], "", Some("repeated cookie:ph"));
+        check(
+            &[("cookie", b"ph=1"), ("cookie", b" ph=2")],
+            "",
+            Some("repeated cookie:ph"),
+        );
+        check(&[("cookie", b"xph=1; php=2")], "", None);
+        check(&[("accept", b"a"), ("accept", b"b")], "", None);
     }
 }

@@ -12,6 +12,7 @@ pub mod expr;
 pub mod extract;
 pub mod features;
 pub mod metrics;
+pub mod offenders;
 pub mod pipeline;
 pub mod proxy;
 pub mod record;

@@ -16,6 +16,8 @@ pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
     pub decision_seconds: HistogramVec,
+    /// Scores of scored requests, by route (buckets of 0.1: the dashboard's distribution).
+    pub scores: HistogramVec,
     pub upstream_seconds: HistogramVec,
     pub upstream_errors: IntCounterVec,
     pub rule_hits: IntCounterVec,
@@ -36,10 +38,29 @@ pub struct Metrics {
     audit_records: IntCounterVec,
     audit_errors: IntCounter,
     audit_queued: IntGauge,
+    /// Admin calls refused for a missing or wrong bearer token.
+    pub admin_denied: IntCounter,
+    /// 1 when a model is loaded and the config asks for one (set by the model loader).
+    pub model_loaded: IntGauge,
+    /// Stopped requests of the rank-th top offender per identity kind (no identity in
+    /// the labels: kind × rank 1..=TOP_RANKS series at most).
+    top_offenders: IntGaugeVec,
 }
+
+/// Why a request is refused before scoring (`riskgate_rejected_requests_total{reason}`).
+pub const REJECT_REASONS: [&str; 5] = ["body_too_large", "unmatched", "bad_request", "bad_json", "bad_identity"];
+
+/// Ranks exported in `riskgate_top_offender_stopped` (the full list is on /top).
+pub const TOP_RANKS: usize = 10;
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
     registry.register(Box::new(c.clone())).expect("unique metric");
     c
 }
@@ -93,6 +114,13 @@ impl Metrics {
                 &["route"],
                 decision_buckets,
             ),
+            scores: histogram(
+                &r,
+                "riskgate_score",
+                "Risk scores of scored requests (0 to 1), by route.",
+                &["route"],
+                vec![0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99],
+            ),
             upstream_seconds: histogram(
                 &r,
                 "riskgate_upstream_duration_seconds",
@@ -127,7 +155,7 @@ impl Metrics {
             rejected: counter(
                 &r,
                 "riskgate_rejected_requests_total",
-                "Requests refused before scoring, by reason (body_too_large, unmatched, bad_request).",
+                "Requests refused before scoring, by reason (body_too_large, unmatched, bad_request, bad_json, bad_identity).",
                 &["reason"],
             ),
             state_errors: {
@@ -197,19 +225,23 @@ impl Metrics {
                 "Decision records by outcome: written, or dropped (queue full or disk failing).",
                 &["outcome"],
             ),
-            audit_errors: {
-                let c = IntCounter::new(
-                    "riskgate_audit_errors_total",
-                    "Audit log open, write and rotation failures.",
-                )
-                .expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            audit_errors: plain_counter(&r, "riskgate_audit_errors_total", "Audit log open, write and rotation failures."),
             audit_queued: gauge(
                 &r,
                 "riskgate_audit_queue_records",
                 "Decision records waiting for the audit writer.",
+            ),
+            admin_denied: plain_counter(&r, "riskgate_admin_unauthorized_total", "Privileged admin calls refused for a missing or wrong bearer token."),
+            model_loaded: gauge(
+                &r,
+                "riskgate_model_loaded",
+                "1 when a trained model is loaded and the config asks for one, else 0.",
+            ),
+            top_offenders: gauge_vec(
+                &r,
+                "riskgate_top_offender_stopped",
+                "Stopped requests of the rank-th most stopped identity of a kind over the last one to two top windows (identities on the admin /top endpoint).",
+                &["kind", "rank"],
             ),
             registry: r,
         }
@@ -222,6 +254,9 @@ impl Metrics {
             .with_label_values(&[&route.name, a.decision.as_str()])
             .inc();
         self.decision_seconds.with_label_values(&[&route.name]).observe(seconds);
+        if route.scored {
+            self.scores.with_label_values(&[&route.name]).observe(a.score.value);
+        }
         if a.state_error {
             self.state_errors.inc();
         }
@@ -258,8 +293,23 @@ impl Metrics {
         for rule in &rt.rules {
             self.rule_hits.with_label_values(&[&rule.name, mode(rule.shadow)]);
         }
+        for list in &rt.lists {
+            self.list_hits.with_label_values(&[&list.name]);
+        }
+        for route in &rt.routes {
+            for limit in &route.limits {
+                self.limit_hits
+                    .with_label_values(&[&route.name, &limit.name, mode(limit.shadow)]);
+            }
+            for kind in ["connect", "timeout", "other"] {
+                self.upstream_errors.with_label_values(&[&route.name, kind]);
+            }
+        }
         for outcome in ["success", "failure"] {
             self.reloads.with_label_values(&[outcome]);
+        }
+        for reason in REJECT_REASONS {
+            self.rejected.with_label_values(&[reason]);
         }
         for route in &rt.routes {
             self.state_degraded
@@ -305,6 +355,19 @@ impl Metrics {
         self.audit_queued.set(stats.queued as i64);
     }
 
+    /// Copies the top offenders' counts (not their identities) into the rank gauges.
+    pub fn update_offenders(&self, offenders: &crate::offenders::Offenders, now_ms: u64) {
+        for kind in crate::offenders::Kind::ALL {
+            let top = offenders.top(kind, TOP_RANKS, now_ms);
+            for (i, rank) in RANKS.iter().enumerate() {
+                let stopped = top.get(i).map_or(0, |o| o.stopped);
+                self.top_offenders
+                    .with_label_values(&[kind.as_str(), rank])
+                    .set(stopped as i64);
+            }
+        }
+    }
+
     /// The text exposition.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -322,6 +385,8 @@ fn follow(counter: &prometheus::IntCounter, total: u64) {
         counter.inc_by(total - seen);
     }
 }
+
+const RANKS: [&str; TOP_RANKS] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
 
 fn mode(shadow: bool) -> &'static str {
     if shadow {

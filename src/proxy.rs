@@ -15,6 +15,7 @@ use tracing::{debug, warn, Instrument};
 
 use crate::decide::{Decision, ResponseKind};
 use crate::event::Event;
+use crate::extract;
 use crate::pipeline::{self, Assessment};
 use crate::runtime::{Runtime, Upstream};
 use crate::server::Gateway;
@@ -84,14 +85,28 @@ async fn handle_routed<S: StateStore>(
     };
     let route = &rt.routes[route_index];
     let (parts, body) = req.into_parts();
+    if let Some(problem) = extract::ambiguity(&route.identity, &parts.headers, parts.uri.query().unwrap_or("")) {
+        // The client learns only that the request is malformed, not which identity.
+        debug!(?problem, "ambiguous identity");
+        gw.metrics.rejected.with_label_values(&["bad_identity"]).inc();
+        return local(StatusCode::BAD_REQUEST, "bad_request", "malformed request", request_id);
+    }
     let (json, body) = if route.needs_json_body {
         match Limited::new(body, max).collect().await {
             Ok(collected) => {
                 let bytes = collected.to_bytes();
-                (
-                    Some(parse_body(&bytes)),
-                    Full::new(bytes).map_err(|never| match never {}).boxed(),
-                )
+                let Some(json) = parse_body(&bytes) else {
+                    // A body the gateway cannot read but a lenient backend might would
+                    // let a client hide the identities it carries (the inviter, say).
+                    gw.metrics.rejected.with_label_values(&["bad_json"]).inc();
+                    return local(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "the request body is not valid JSON",
+                        request_id,
+                    );
+                };
+                (Some(json), Full::new(bytes).map_err(|never| match never {}).boxed())
             }
             Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(gw, request_id),
             Err(e) => {
@@ -112,6 +127,10 @@ async fn handle_routed<S: StateStore>(
     let event = event_of(&parts, peer, json);
     let assessment = pipeline::assess_route(rt, route_index, &gw.state, &gw.hasher, &event).await;
     gw.metrics.observe(rt, &assessment, started.elapsed().as_secs_f64());
+    if assessment.decision.stops() {
+        // Shadowed stops count too: a shadow deployment should show who it would stop.
+        gw.offenders.record(&assessment.identities, event.ts_ms);
+    }
     if let Some(audit) = &gw.audit {
         // Serialising a record cannot fail: every field is plain data.
         if let Ok(line) = serde_json::to_vec(&assessment.record(rt, &event, request_id, gw.capture_events)) {
@@ -333,12 +352,13 @@ fn limited(body: Incoming, max: usize) -> ProxyBody {
     Limited::new(body, max).boxed()
 }
 
-fn parse_body(bytes: &[u8]) -> serde_json::Value {
-    if bytes.is_empty() {
-        return serde_json::Value::Null;
+/// The JSON body of a route that reads identities from it: `Null` when empty, `None`
+/// when it is not JSON (or not UTF-8, which JSON requires).
+fn parse_body(bytes: &[u8]) -> Option<serde_json::Value> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Some(serde_json::Value::Null);
     }
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()))
+    serde_json::from_slice(bytes).ok()
 }
 
 /// The request as an event record, stamped with the wall clock.
@@ -346,10 +366,12 @@ fn event_of(parts: &http::request::Parts, peer: SocketAddr, body: Option<serde_j
     let mut headers = std::collections::BTreeMap::new();
     for (name, value) in &parts.headers {
         let value = String::from_utf8_lossy(value.as_bytes());
+        // Repeated headers join as one list (RFC 9110 §5.3); cookies join with `; `.
+        let separator = if name == header::COOKIE { "; " } else { ", " };
         headers
             .entry(name.as_str().to_string())
             .and_modify(|v: &mut String| {
-                v.push_str(", ");
+                v.push_str(separator);
                 v.push_str(&value);
             })
             .or_insert_with(|| value.into_owned());

@@ -53,14 +53,15 @@ pub async fn watch<S: StateStore>(gw: Arc<Gateway<S>>, mut shutdown: watch::Rece
             continue;
         }
         seen = now;
-        if reload(&gw, if forced { "SIGHUP" } else { "file change" }).await {
+        if reload(&gw, if forced { "SIGHUP" } else { "file change" }).await.is_ok() {
             (watched, seen) = gw.runtime.load().watched.iter().cloned().unzip();
         }
     }
 }
 
-/// Builds a new runtime from the config file and swaps it in. Returns whether it did.
-pub async fn reload<S: StateStore>(gw: &Arc<Gateway<S>>, cause: &str) -> bool {
+/// Builds a new runtime from the config file and swaps it in, or keeps the running one
+/// and returns the problems.
+pub async fn reload<S: StateStore>(gw: &Arc<Gateway<S>>, cause: &str) -> Result<(), String> {
     let path = gw.config_path.clone();
     let hasher = gw.hasher.clone();
     let built = tokio::task::spawn_blocking(move || runtime::load(&path, &hasher)).await;
@@ -83,13 +84,13 @@ pub async fn reload<S: StateStore>(gw: &Arc<Gateway<S>>, cause: &str) -> bool {
             gw.metrics.reloads.with_label_values(&["success"]).inc();
             gw.metrics.config_last_reload_success.set(1);
             info!(cause, config = %gw.config_path.display(), "config reloaded");
-            true
+            Ok(())
         }
         Err(problems) => {
             gw.metrics.reloads.with_label_values(&["failure"]).inc();
             gw.metrics.config_last_reload_success.set(0);
             error!(cause, "config reload refused; the running config stays: {problems}");
-            false
+            Err(problems)
         }
     }
 }

@@ -29,6 +29,9 @@ pub struct Runtime {
     pub log: config::LogConfig,
     pub audit: config::AuditConfig,
     pub signals: config::SignalsConfig,
+    /// The admin bearer token (from `[admin] token` or the `token_env` variable) and the
+    /// top-offenders settings.
+    pub admin: Admin,
     pub headers: HeaderNames,
     pub routes: Vec<Route>,
     /// Exact paths per method, looked up without allocating.
@@ -41,6 +44,14 @@ pub struct Runtime {
     /// Files whose change triggers a reload (the config and every list file), with
     /// their fingerprints from just before they were read.
     pub watched: Vec<(PathBuf, Fingerprint)>,
+}
+
+#[derive(Debug)]
+pub struct Admin {
+    /// `None`: privileged admin calls are refused (403) until a token is configured.
+    pub token: Option<crate::admin::Token>,
+    pub top_window_ms: u64,
+    pub top_capacity: usize,
 }
 
 #[derive(Debug)]
@@ -265,6 +276,7 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
     if file.audit.queue_capacity == 0 {
         p.at(None, "audit.queue_capacity", "must be above 0");
     }
+    let admin = admin_config(&file.admin, &mut p);
     if tracing_subscriber::EnvFilter::try_new(&file.log.level).is_err() {
         p.at(
             None,
@@ -621,6 +633,7 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
         log: file.log.clone(),
         audit: audit_config(file, &base_dir),
         signals: file.signals.clone(),
+        admin,
         headers,
         routes,
         exact,
@@ -794,6 +807,43 @@ fn validate_state(p: &mut Problems, st: &config::StateConfig) {
             "state.redis_nodes",
             format!("`{n}` must be a redis://HOST:PORT URL"),
         );
+    }
+}
+
+/// The admin token comes from the file or, when the file has none, from the environment
+/// variable it names; short tokens are refused (a bearer token must not be guessable).
+fn admin_config(file: &config::AdminConfig, p: &mut Problems) -> Admin {
+    let token = match &file.token {
+        Some(t) => Some(("admin.token", t.clone())),
+        None => std::env::var(&file.token_env)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(|t| ("admin.token_env", t)),
+    };
+    let token = token.and_then(|(key, t)| match crate::admin::Token::new(&t) {
+        Some(token) => Some(token),
+        None => {
+            p.at(
+                None,
+                key,
+                format!(
+                    "the admin token must be {} to 1024 visible ASCII characters",
+                    crate::admin::Token::MIN_LEN
+                ),
+            );
+            None
+        }
+    });
+    if file.top_window_s == 0 {
+        p.at(None, "admin.top_window_s", "must be above 0");
+    }
+    if !(1..=65_536).contains(&file.top_capacity) {
+        p.at(None, "admin.top_capacity", "must be between 1 and 65536");
+    }
+    Admin {
+        token,
+        top_window_ms: file.top_window_s.saturating_mul(1_000).max(1),
+        top_capacity: file.top_capacity.clamp(1, 65_536),
     }
 }
 

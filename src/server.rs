@@ -73,6 +73,8 @@ pub struct Gateway<S> {
     pub audit: Option<AuditLog>,
     /// Whether audit records embed the full event (from the config at start).
     pub capture_events: bool,
+    /// The most stopped identities, for the admin /top endpoint (sized at start).
+    pub offenders: crate::offenders::Offenders,
     request_seq: AtomicU64,
     request_prefix: u64,
 }
@@ -218,6 +220,10 @@ pub async fn start_with(
         .build(connector);
     let seed = std::collections::hash_map::RandomState::new();
     let rt_audit = rt.audit.clone();
+    let offenders = crate::offenders::Offenders::new(rt.admin.top_capacity, rt.admin.top_window_ms);
+    if !admin_addr.ip().is_loopback() && rt.admin.token.is_none() {
+        warn!(%admin_addr, "the admin listener is not on loopback and no admin token is set: /metrics is public, /reload and /top are disabled");
+    }
     let gateway = Arc::new(Gateway {
         runtime: ArcSwap::from_pointee(rt),
         state,
@@ -229,6 +235,7 @@ pub async fn start_with(
         ready: AtomicBool::new(true),
         audit: rt_audit.enabled.then(|| AuditLog::start(&rt_audit)),
         capture_events: rt_audit.capture_events,
+        offenders,
         request_seq: AtomicU64::new(1),
         request_prefix: std::hash::BuildHasher::hash_one(&seed, 1u8),
     });
@@ -265,11 +272,14 @@ async fn serve_proxy<S: StateStore>(gw: Arc<Gateway<S>>, listener: TcpListener, 
                 };
                 let _ = stream.set_nodelay(true);
                 let gw = gw.clone();
+                let first_byte = Duration::from_millis(gw.runtime.load().server.header_read_timeout_ms);
                 let service = service_fn(move |req| proxy::handle(gw.clone(), peer, req));
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let io = TokioIo::new(FirstByteDeadline::new(stream, first_byte));
+                let conn = builder.serve_connection(io, service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let outcome = conn.await;
+                    if let Err(e) = outcome {
                         debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });
@@ -283,6 +293,92 @@ async fn serve_proxy<S: StateStore>(gw: Arc<Gateway<S>>, listener: TcpListener, 
     info!(grace_ms = grace.as_millis() as u64, "draining connections");
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         warn!("shutdown grace period over; closing remaining connections");
+    }
+}
+
+/// A client stream that must deliver its first byte within a deadline. A connection
+/// that never sends anything would otherwise wait forever in the HTTP/1-or-2 sniffing,
+/// which has no timeout of its own; after the first byte hyper's header read timeout
+/// takes over (slowloris).
+struct FirstByteDeadline<T> {
+    inner: T,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> FirstByteDeadline<T> {
+    fn new(inner: T, within: Duration) -> Self {
+        FirstByteDeadline {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(within))),
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    this.deadline = None;
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let expired = this.deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if expired {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no request within the header read timeout",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadline<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
