@@ -86,6 +86,22 @@ pub struct IdentitySpec {
 impl IdentitySpec {
     /// True when any identity is read from the JSON body, so the body must be buffered.
     pub fn needs_json_body(&self) -> bool {
+        self.sources().any(|s| matches!(s, Some(Source::Json(_))))
+    }
+
+    /// True when [`identities`] may read the (lower-case) header `name`: a header
+    /// source, the cookie header for a cookie source, and X-Forwarded-For for the
+    /// client IP. The proxy copies only these headers into the event it scores.
+    pub fn reads_header(&self, name: &str) -> bool {
+        name == "x-forwarded-for"
+            || self.sources().any(|s| match s {
+                Some(Source::Header(h)) => h == name,
+                Some(Source::Cookie(_)) => name == "cookie",
+                _ => false,
+            })
+    }
+
+    fn sources(&self) -> impl Iterator<Item = &Option<Source>> {
         [
             &self.user,
             &self.device,
@@ -99,7 +115,6 @@ impl IdentitySpec {
             &self.app_version,
         ]
         .into_iter()
-        .any(|s| matches!(s, Some(Source::Json(_))))
     }
 }
 

@@ -109,7 +109,10 @@ async fn handle_routed<S: StateStore>(
         (None, limited(body, max))
     };
 
-    let event = event_of(&parts, peer, json);
+    // Only the headers extraction reads are copied, unless audit records embed the event.
+    let event = event_of(&parts, peer, json, |name| {
+        gw.capture_events || route.identity.reads_header(name)
+    });
     let assessment = pipeline::assess_route(rt, route_index, &gw.state, &gw.hasher, &event).await;
     gw.metrics.observe(rt, &assessment, started.elapsed().as_secs_f64());
     if let Some(audit) = &gw.audit {
@@ -341,10 +344,16 @@ fn parse_body(bytes: &[u8]) -> serde_json::Value {
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
-/// The request as an event record, stamped with the wall clock.
-fn event_of(parts: &http::request::Parts, peer: SocketAddr, body: Option<serde_json::Value>) -> Event {
+/// The request as an event record, stamped with the wall clock, with the headers that
+/// `keep` accepts.
+fn event_of(
+    parts: &http::request::Parts,
+    peer: SocketAddr,
+    body: Option<serde_json::Value>,
+    keep: impl Fn(&str) -> bool,
+) -> Event {
     let mut headers = std::collections::BTreeMap::new();
-    for (name, value) in &parts.headers {
+    for (name, value) in parts.headers.iter().filter(|(name, _)| keep(name.as_str())) {
         let value = String::from_utf8_lossy(value.as_bytes());
         headers
             .entry(name.as_str().to_string())
