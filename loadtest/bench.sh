@@ -94,16 +94,14 @@ UP=127.0.0.1:18081
 declare -A PORT=([direct]=18081 [passthrough]=18082 [riskgate-rules]=18083 [riskgate-full]=18084 [nginx]=18085 [nginx-limit]=18086)
 declare -A SERVER_PID
 
-on_server() { taskset -c "$SERVER_CPU" "$@"; }
-
-on_server "$BIN/stub-upstream" --listen $UP --workers 1 2>"$WORK/stub.log" &
+taskset -c "$SERVER_CPU" "$BIN/stub-upstream" --listen $UP --workers 1 2>"$WORK/stub.log" &
 PIDS+=($!); SERVER_PID[direct]=$!
-on_server "$BIN/passthrough" --listen 127.0.0.1:${PORT[passthrough]} --upstream $UP --workers 1 2>"$WORK/passthrough.log" &
+taskset -c "$SERVER_CPU" "$BIN/passthrough" --listen 127.0.0.1:${PORT[passthrough]} --upstream $UP --workers 1 2>"$WORK/passthrough.log" &
 PIDS+=($!); SERVER_PID[passthrough]=$!
 for row in rules full; do
     cfg="$WORK/rules.toml"; [ $row = full ] && cfg="$FULL"
     port=${PORT[riskgate-$row]}
-    RUST_LOG=warn RISKGATE_WORKERS=1 on_server "$BIN/riskgate" serve --config "$cfg" --shadow \
+    RUST_LOG=warn RISKGATE_WORKERS=1 taskset -c "$SERVER_CPU" "$BIN/riskgate" serve --config "$cfg" --shadow \
         --listen 127.0.0.1:$port --admin-listen 127.0.0.1:$((port + 1000)) --upstream http://$UP \
         2>"$WORK/riskgate-$row.log" &
     PIDS+=($!); SERVER_PID[riskgate-$row]=$!
@@ -149,7 +147,7 @@ http {
     }
 }
 EOF
-on_server "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx.conf" -g 'daemon off;' 2>"$WORK/nginx/stderr.log" &
+taskset -c "$SERVER_CPU" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx.conf" -g 'daemon off;' 2>"$WORK/nginx/stderr.log" &
 PIDS+=($!)
 NGINX_MASTER=$!
 
@@ -164,6 +162,9 @@ for name in "${!PORT[@]}"; do
     [ "$code" = 200 ] || { echo "bench.sh: $name does not answer 200 (got $code)" >&2; exit 1; }
 done
 NGINX_WORKERS=$(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')
+
+# (Every server is started as `taskset ... PROGRAM &`: taskset execs the program, so $!
+# is the server's own pid, for /proc/PID/stat and for stopping it.)
 
 # CPU ticks (utime + stime) of the processes serving a row: its proxy and the upstream.
 ticks() {

@@ -148,14 +148,20 @@ fn real_main(a: Args) -> Result<ExitCode, String> {
 /// The open-loop phases: constant, or constant with a spike in the middle.
 fn phases(rate: f64, duration: f64, spike: Option<f64>, at: f64, len: f64) -> Result<Vec<Phase>, String> {
     let Some(peak) = spike else {
-        return Ok(vec![Phase { seconds: duration, rate }]);
+        return Ok(vec![Phase {
+            seconds: duration,
+            rate,
+        }]);
     };
     if !(at > 0.0 && len > 0.0 && at + len < duration) {
         return Err("--spike-at and --spike-for must fall inside --duration".into());
     }
     Ok(vec![
         Phase { seconds: at, rate },
-        Phase { seconds: len, rate: peak },
+        Phase {
+            seconds: len,
+            rate: peak,
+        },
         Phase {
             seconds: duration - at - len,
             rate,

@@ -173,7 +173,12 @@ impl Report {
         offered_rps: Option<f64>,
     ) -> Report {
         let answered: u64 = all.status.values().sum();
-        let ok = all.status.iter().filter(|(s, _)| (200..300).contains(*s)).map(|(_, n)| n).sum();
+        let ok = all
+            .status
+            .iter()
+            .filter(|(s, _)| (200..300).contains(*s))
+            .map(|(_, n)| n)
+            .sum();
         let errors_total = all.errors.values().sum();
         Report {
             mode,

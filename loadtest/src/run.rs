@@ -73,10 +73,7 @@ pub async fn run(opts: Options, workload: Workload) -> Result<Report, String> {
     }
     let phases: Vec<Phase> = match &schedule {
         Some(s) => s.phases().collect(),
-        None => vec![Phase {
-            seconds,
-            rate: 0.0,
-        }],
+        None => vec![Phase { seconds, rate: 0.0 }],
     };
     let offered = schedule.as_ref().map(|s| (s.total() as f64 / seconds).round());
     // Give the connections a moment to be made before the first request is due.
@@ -173,11 +170,7 @@ async fn worker(shared: Arc<Shared>, phases: usize) -> Vec<Tally> {
 
 /// Sends request `i` on the worker's connection (made on first use or after a failure)
 /// and reads the whole answer.
-async fn exchange(
-    shared: &Shared,
-    conn: &mut Option<SendRequest<Full<Bytes>>>,
-    i: u64,
-) -> Result<u16, ErrorKind> {
+async fn exchange(shared: &Shared, conn: &mut Option<SendRequest<Full<Bytes>>>, i: u64) -> Result<u16, ErrorKind> {
     if conn.as_ref().is_none_or(|c| c.is_closed()) {
         *conn = Some(connect(&shared.target).await?);
     }

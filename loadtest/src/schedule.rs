@@ -93,9 +93,18 @@ mod tests {
     #[test]
     fn spike_steps_up_and_back() {
         let s = Schedule::new(&[
-            Phase { seconds: 1.0, rate: 100.0 },
-            Phase { seconds: 0.5, rate: 1000.0 },
-            Phase { seconds: 1.0, rate: 100.0 },
+            Phase {
+                seconds: 1.0,
+                rate: 100.0,
+            },
+            Phase {
+                seconds: 0.5,
+                rate: 1000.0,
+            },
+            Phase {
+                seconds: 1.0,
+                rate: 100.0,
+            },
         ])
         .unwrap();
         assert_eq!(s.total(), 100 + 500 + 100);
@@ -114,8 +123,20 @@ mod tests {
     #[test]
     fn refuses_nonsense() {
         assert!(Schedule::new(&[]).is_err());
-        assert!(Schedule::new(&[Phase { seconds: 0.0, rate: 1.0 }]).is_err());
-        assert!(Schedule::new(&[Phase { seconds: 1.0, rate: f64::NAN }]).is_err());
-        assert!(Schedule::new(&[Phase { seconds: 1e6, rate: 1e6 }]).is_err());
+        assert!(Schedule::new(&[Phase {
+            seconds: 0.0,
+            rate: 1.0
+        }])
+        .is_err());
+        assert!(Schedule::new(&[Phase {
+            seconds: 1.0,
+            rate: f64::NAN
+        }])
+        .is_err());
+        assert!(Schedule::new(&[Phase {
+            seconds: 1e6,
+            rate: 1e6
+        }])
+        .is_err());
     }
 }

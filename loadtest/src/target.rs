@@ -18,7 +18,10 @@ pub fn parse(url: &str) -> Result<Target, String> {
     if uri.scheme_str() != Some("http") {
         return Err(format!("{url}: only http:// targets"));
     }
-    if uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty()) {
+    if uri
+        .path_and_query()
+        .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+    {
         return Err(format!("{url}: give the target without a path (the workload sets it)"));
     }
     let authority = uri.authority().ok_or_else(|| format!("{url}: no host"))?;
@@ -26,10 +29,13 @@ pub fn parse(url: &str) -> Result<Target, String> {
     let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
-        host.parse().map_err(|_| format!("{url}: the host must be a loopback address"))?
+        host.parse()
+            .map_err(|_| format!("{url}: the host must be a loopback address"))?
     };
     if !ip.is_loopback() {
-        return Err(format!("{url}: {ip} is not a loopback address; load is only sent to this machine"));
+        return Err(format!(
+            "{url}: {ip} is not a loopback address; load is only sent to this machine"
+        ));
     }
     let port = authority.port_u16().unwrap_or(80);
     Ok(Target {

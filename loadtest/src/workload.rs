@@ -125,7 +125,9 @@ impl Workload {
             Dist::Zipf => {
                 let d = rand_distr::Zipf::new(f64::from(s.users), s.zipf_s).map_err(|e| e.to_string())?;
                 // Zipf draws ranks 1..=n; rank r is user r-1 (user 0 is the most active).
-                (0..n).map(|_| (d.sample(&mut rng) as u32).clamp(1, s.users) - 1).collect()
+                (0..n)
+                    .map(|_| (d.sample(&mut rng) as u32).clamp(1, s.users) - 1)
+                    .collect()
             }
         };
         Ok(Workload::Synthetic(Box::new(SyntheticSpace {
@@ -207,7 +209,10 @@ fn template_of(e: &riskgate::event::Event, target: &Target) -> Result<Template, 
     let uri: Uri = pq.parse().map_err(|err| format!("{pq}: {err}"))?;
     let mut headers = HeaderMap::new();
     for (k, v) in &e.headers {
-        if matches!(k.as_str(), "host" | "content-length" | "transfer-encoding" | "connection") {
+        if matches!(
+            k.as_str(),
+            "host" | "content-length" | "transfer-encoding" | "connection"
+        ) {
             continue;
         }
         let name = HeaderName::from_bytes(k.as_bytes()).map_err(|err| format!("header {k}: {err}"))?;

@@ -156,9 +156,18 @@ async fn a_stalled_server_is_charged_for_the_requests_it_held_back() {
 async fn spike_phases_are_reported_apart() {
     let addr = stub().await;
     let phases = vec![
-        Phase { seconds: 0.3, rate: 100.0 },
-        Phase { seconds: 0.2, rate: 1000.0 },
-        Phase { seconds: 0.3, rate: 100.0 },
+        Phase {
+            seconds: 0.3,
+            rate: 100.0,
+        },
+        Phase {
+            seconds: 0.2,
+            rate: 1000.0,
+        },
+        Phase {
+            seconds: 0.3,
+            rate: 100.0,
+        },
     ];
     let opts = Options {
         target: target(addr),
@@ -186,7 +195,10 @@ async fn event_file_requests_carry_the_events() {
     let workload = Workload::events(&path, &target(addr), 100).unwrap();
     let opts = Options {
         target: target(addr),
-        mode: Mode::Fixed(vec![Phase { seconds: 0.04, rate: 100.0 }]),
+        mode: Mode::Fixed(vec![Phase {
+            seconds: 0.04,
+            rate: 100.0,
+        }]),
         connections: 1,
         timeout: Duration::from_secs(30),
     };
@@ -212,7 +224,10 @@ async fn a_closed_port_is_counted_as_connect_errors() {
     drop(listener);
     let opts = Options {
         target: target(addr),
-        mode: Mode::Fixed(vec![Phase { seconds: 0.1, rate: 100.0 }]),
+        mode: Mode::Fixed(vec![Phase {
+            seconds: 0.1,
+            rate: 100.0,
+        }]),
         connections: 2,
         timeout: Duration::from_secs(30),
     };

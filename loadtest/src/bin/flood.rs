@@ -34,7 +34,10 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     anyhow::ensure!(a.events <= 100_000_000, "--events: at most 100 million");
-    anyhow::ensure!(a.users > 0 && a.per_second > 0, "--users and --per-second must be above 0");
+    anyhow::ensure!(
+        a.users > 0 && a.per_second > 0,
+        "--users and --per-second must be above 0"
+    );
     let hasher = KeyHasher::seeded(7);
     let rt = riskgate::runtime::load(&a.config, &hasher).map_err(|e| anyhow::anyhow!("{e}"))?;
     let budget_mb = a.budget_mb.unwrap_or(rt.state.memory_budget_mb);

@@ -19,7 +19,11 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     loadtest::runtime(args.workers)?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
-        eprintln!("passthrough listening on {} -> {}", listener.local_addr()?, args.upstream);
+        eprintln!(
+            "passthrough listening on {} -> {}",
+            listener.local_addr()?,
+            args.upstream
+        );
         loadtest::servers::passthrough(listener, args.upstream).await;
         Ok(())
     })
