@@ -84,6 +84,23 @@ pub struct IdentitySpec {
 }
 
 impl IdentitySpec {
+    /// True when any identity is read from the JSON body, so the body must be buffered.
+    pub fn needs_json_body(&self) -> bool {
+        self.sources().any(|s| matches!(s, Source::Json(_)))
+    }
+
+    /// True when [`identities`] may read the (lower-case) header `name`: a header
+    /// source, the cookie header for a cookie source, and X-Forwarded-For for the
+    /// client IP. The proxy copies only these headers into the event it scores.
+    pub fn reads_header(&self, name: &str) -> bool {
+        name == "x-forwarded-for"
+            || self.sources().any(|s| match s {
+                Source::Header(h) => h == name,
+                Source::Cookie(_) => name == "cookie",
+                _ => false,
+            })
+    }
+
     /// Every configured source.
     pub fn sources(&self) -> impl Iterator<Item = &Source> {
         [
@@ -100,11 +117,6 @@ impl IdentitySpec {
         ]
         .into_iter()
         .flatten()
-    }
-
-    /// True when any identity is read from the JSON body, so the body must be buffered.
-    pub fn needs_json_body(&self) -> bool {
-        self.sources().any(|s| matches!(s, Source::Json(_)))
     }
 }
 

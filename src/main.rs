@@ -123,7 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             shadow,
             state,
         } => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = serve_runtime()?;
             rt.block_on(async move {
                 let overrides = Overrides {
                     listen,
@@ -151,6 +151,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// The serving runtime: one worker per core, or `RISKGATE_WORKERS` workers (the
+/// benchmark pins riskgate to one core with one worker).
+fn serve_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Ok(v) = std::env::var("RISKGATE_WORKERS") {
+        let n: usize = v
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| anyhow::anyhow!("RISKGATE_WORKERS={v}: a number above 0"))?;
+        builder.worker_threads(n);
+    }
+    Ok(builder.enable_all().build()?)
 }
 
 fn init_logging(format: LogFormat, level: &str) {

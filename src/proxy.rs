@@ -124,7 +124,10 @@ async fn handle_routed<S: StateStore>(
         (None, limited(body, max))
     };
 
-    let event = event_of(&parts, peer, json);
+    // Only the headers extraction reads are copied, unless audit records embed the event.
+    let event = event_of(&parts, peer, json, |name| {
+        gw.capture_events || route.identity.reads_header(name)
+    });
     let assessment = pipeline::assess_route(rt, route_index, &gw.state, &gw.hasher, &event).await;
     gw.metrics.observe(rt, &assessment, started.elapsed().as_secs_f64());
     if assessment.decision.stops() {
@@ -361,10 +364,16 @@ fn parse_body(bytes: &[u8]) -> Option<serde_json::Value> {
     serde_json::from_slice(bytes).ok()
 }
 
-/// The request as an event record, stamped with the wall clock.
-fn event_of(parts: &http::request::Parts, peer: SocketAddr, body: Option<serde_json::Value>) -> Event {
+/// The request as an event record, stamped with the wall clock, with the headers that
+/// `keep` accepts.
+fn event_of(
+    parts: &http::request::Parts,
+    peer: SocketAddr,
+    body: Option<serde_json::Value>,
+    keep: impl Fn(&str) -> bool,
+) -> Event {
     let mut headers = std::collections::BTreeMap::new();
-    for (name, value) in &parts.headers {
+    for (name, value) in parts.headers.iter().filter(|(name, _)| keep(name.as_str())) {
         let value = String::from_utf8_lossy(value.as_bytes());
         // Repeated headers join as one list (RFC 9110 §5.3); cookies join with `; `.
         let separator = if name == header::COOKIE { "; " } else { ", " };

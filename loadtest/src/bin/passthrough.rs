@@ -1,0 +1,30 @@
+//! The benchmark's floor: a bare hyper pass-through proxy.
+//! `passthrough --listen 127.0.0.1:18082 --upstream 127.0.0.1:18081 [--workers 1]`.
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "Forwards every HTTP/1.1 request to the upstream, untouched")]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:18082")]
+    listen: std::net::SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:18081")]
+    upstream: std::net::SocketAddr,
+    /// Runtime worker threads (1: a single-threaded runtime).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    loadtest::runtime(args.workers)?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        eprintln!(
+            "passthrough listening on {} -> {}",
+            listener.local_addr()?,
+            args.upstream
+        );
+        loadtest::servers::passthrough(listener, args.upstream).await;
+        Ok(())
+    })
+}
