@@ -42,6 +42,8 @@ pub struct Metrics {
     pub admin_denied: IntCounter,
     /// 1 when a model is loaded and the config asks for one (set by the model loader).
     pub model_loaded: IntGauge,
+    /// 1 when the config asks for a model; the alert fires only where one is missing.
+    pub model_required: IntGauge,
     /// Stopped requests of the rank-th top offender per identity kind (no identity in
     /// the labels: kind × rank 1..=TOP_RANKS series at most).
     top_offenders: IntGaugeVec,
@@ -236,6 +238,11 @@ impl Metrics {
                 &r,
                 "riskgate_model_loaded",
                 "1 when a trained model is loaded and the config asks for one, else 0.",
+            ),
+            model_required: gauge(
+                &r,
+                "riskgate_model_required",
+                "1 when the config asks for a trained model (none can yet: the model loader is not built), else 0.",
             ),
             top_offenders: gauge_vec(
                 &r,
