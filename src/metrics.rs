@@ -160,15 +160,11 @@ impl Metrics {
                 "Requests refused before scoring, by reason (body_too_large, unmatched, bad_request, bad_json, bad_identity).",
                 &["reason"],
             ),
-            state_errors: {
-                let c = IntCounter::new(
-                    "riskgate_state_errors_total",
-                    "Requests whose state call failed or timed out; the route's degradation policy decided them.",
-                )
-                .expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            state_errors: plain_counter(
+                &r,
+                "riskgate_state_errors_total",
+                "Requests whose state call failed or timed out; the route's degradation policy decided them.",
+            ),
             state_degraded: counter(
                 &r,
                 "riskgate_state_degraded_total",
