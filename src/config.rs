@@ -349,6 +349,9 @@ pub struct SignalsConfig {
     pub just_above_ratio: f64,
     /// An account younger than this (seconds) is brand new when it assists an inviter.
     pub new_account_s: u64,
+    /// The oldest app release still in use ("3.9.0"); older or unparseable versions are
+    /// stale (captured requests replayed by a script). Empty: nothing is stale.
+    pub min_app_version: String,
 }
 
 impl Default for SignalsConfig {
@@ -357,6 +360,7 @@ impl Default for SignalsConfig {
             order_thresholds: Vec::new(),
             just_above_ratio: 0.05,
             new_account_s: 600,
+            min_app_version: String::new(),
         }
     }
 }

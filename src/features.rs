@@ -4,7 +4,7 @@
 //! mean one thing to a rule and another to the classifier.
 
 /// Bumped whenever a feature is added, removed, renamed or changes meaning.
-pub const FEATURE_SET_VERSION: &str = "rg-features-2";
+pub const FEATURE_SET_VERSION: &str = "rg-features-3";
 
 macro_rules! features {
     ($( $variant:ident => $name:literal, $window:literal, $meaning:literal; )*) => {
@@ -66,6 +66,7 @@ features! {
     InviterReqs1m => "inviter_reqs_1m", "1 min", "assists for this inviter on this route";
     InviterReqs1h => "inviter_reqs_1h", "1 h", "assists for this inviter on this route";
     InviterReqs24h => "inviter_reqs_24h", "24 h", "assists for this inviter on this route";
+    InviterBurstAfterLull => "inviter_burst_after_lull", "1 min", "assists for this inviter in the last minute when it had none in the hour before (a task was posted), else 0";
     UsersPerDevice1h => "users_per_device_1h", "1 h", "distinct accounts seen on this device (any route)";
     UsersPerDevice24h => "users_per_device_24h", "24 h", "distinct accounts seen on this device (any route)";
     DevicesPerUser1h => "devices_per_user_1h", "1 h", "distinct devices this account used (any route)";
@@ -85,6 +86,10 @@ features! {
     SubnetsPerDevice1h => "subnets_per_device_1h", "1 h", "distinct /24 or /64 networks this device came from (IP rotation)";
     SubnetsPerDevice24h => "subnets_per_device_24h", "24 h", "distinct /24 or /64 networks this device came from";
     LinkedAccounts24h => "linked_accounts_24h", "24 h", "accounts sharing this request's device, phone, payment account or address (the largest)";
+    ClusterAccounts24h => "cluster_accounts_24h", "24 h", "accounts in this account's cluster: linked through shared devices, phones, payment accounts and addresses, any number of hops";
+    ClusterNewAccounts1h => "cluster_new_accounts_1h", "1 h", "accounts of the cluster that joined it brand new (first seen under an hour before) in the last hour";
+    ClusterNewShare1h => "cluster_new_share_1h", "1 h", "cluster_new_accounts_1h / cluster_accounts_24h (0-1): a cluster that appeared at once";
+    ClusterClaimed24h => "cluster_claimed_24h", "24 h", "accounts of the cluster that made their first request on this route for this campaign (this one included)";
     DeviceNewUsers1h => "device_new_users_1h", "1 h", "accounts first seen on this device (new registrations on one phone)";
     DeviceNewUsers24h => "device_new_users_24h", "24 h", "accounts first seen on this device (new registrations on one phone)";
     IpNewUsers1h => "ip_new_users_1h", "1 h", "accounts first seen from this client IP";
@@ -93,6 +98,8 @@ features! {
     SubnetNewUsers24h => "subnet_new_users_24h", "24 h", "accounts first seen from this /24 or /64";
     UaNewDevices1h => "ua_new_devices_1h", "1 h", "devices first seen with this exact user-agent string";
     UaNewDevices24h => "ua_new_devices_24h", "24 h", "devices first seen with this exact user-agent string";
+    UasPerDevice1h => "uas_per_device_1h", "1 h", "distinct user-agent strings this device sent (a spoofed or replayed device id)";
+    UasPerDevice24h => "uas_per_device_24h", "24 h", "distinct user-agent strings this device sent";
     InviterNewInvitees1h => "inviter_new_invitees_1h", "1 h", "brand-new accounts (see signals.new_account_s) that assisted this inviter";
     InviterNewInvitees24h => "inviter_new_invitees_24h", "24 h", "brand-new accounts that assisted this inviter";
     InviterNewShare1h => "inviter_new_share_1h", "1 h", "share of this inviter's invitees that were brand new (0-1)";
@@ -110,6 +117,7 @@ features! {
     HasDevice => "has_device", "-", "1 when the request carries a device id";
     HasPhone => "has_phone", "-", "1 when the request carries a phone hash";
     HasAppVersion => "has_app_version", "-", "1 when the request carries the app version header";
+    AppVersionStale => "app_version_stale", "-", "1 when the app version is older than signals.min_app_version or not a version at all";
     HasUserAgent => "has_user_agent", "-", "1 when the request carries a user agent";
     HasInviter => "has_inviter", "-", "1 when the request names an inviter";
     Amount => "amount", "-", "order amount from the request (0 when absent)";

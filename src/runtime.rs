@@ -270,6 +270,13 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
     if sig.order_thresholds.iter().any(|t| !(t.is_finite() && *t > 0.0)) {
         p.at(None, "signals.order_thresholds", "thresholds must be positive amounts");
     }
+    if !sig.min_app_version.is_empty() && crate::signals::version_parts(&sig.min_app_version).is_none() {
+        p.at(
+            None,
+            "signals.min_app_version",
+            "must be a dotted version of up to four numbers, like \"3.9.0\"",
+        );
+    }
     if !(0.0..=1.0).contains(&sig.just_above_ratio) {
         p.at(None, "signals.just_above_ratio", "must be in [0, 1]");
     }

@@ -68,6 +68,15 @@ pub async fn observe<S: StateStore>(
     windows(&mut f, Feature::IpNewUsers1h, &r.new_users[1]);
     windows(&mut f, Feature::SubnetNewUsers1h, &r.new_users[2]);
     windows(&mut f, Feature::UaNewDevices1h, &r.ua_new_devices);
+    windows(&mut f, Feature::UasPerDevice1h, &r.uas_per_device);
+    let [cluster, cluster_new, cluster_claimed] = r.cluster.map(f64::from);
+    f.set(Feature::ClusterAccounts24h, cluster);
+    f.set(Feature::ClusterNewAccounts1h, cluster_new);
+    f.set(Feature::ClusterNewShare1h, (cluster_new / cluster.max(1.0)).min(1.0));
+    f.set(Feature::ClusterClaimed24h, cluster_claimed);
+    let [_, assists_1m, assists_1h, _] = r.counts[KeyKind::Inviter as usize];
+    let lull = assists_1h.saturating_sub(assists_1m) == 0;
+    f.set(Feature::InviterBurstAfterLull, if lull { f64::from(assists_1m) } else { 0.0 });
     windows(&mut f, Feature::SubnetsPerDevice1h, &r.subnets_per_device);
     windows(&mut f, Feature::InviterNewInvitees1h, &r.inviter_new_invitees);
     let fan_out = f64::from(r.distinct[5][0].max(1));
@@ -89,6 +98,10 @@ pub async fn observe<S: StateStore>(
     f.set(Feature::HasDevice, flag(ids.device.is_some()));
     f.set(Feature::HasPhone, flag(ids.phone.is_some()));
     f.set(Feature::HasAppVersion, flag(ids.app_version.is_some()));
+    f.set(
+        Feature::AppVersionStale,
+        flag(ids.app_version.as_deref().is_some_and(|v| stale(v, signals))),
+    );
     f.set(Feature::HasUserAgent, flag(ids.user_agent.is_some()));
     f.set(Feature::HasInviter, flag(ids.inviter.is_some()));
     f.set(Feature::Amount, ids.amount.unwrap_or(0.0));
@@ -104,6 +117,30 @@ pub async fn observe<S: StateStore>(
         .map(|l| obs.keys[l.key_kind as usize].and_then(|_| outcomes.next()))
         .collect();
     Ok(Signals { features: f, limits })
+}
+
+/// Older than the oldest release in use, or not a dotted version at all.
+fn stale(version: &str, signals: &SignalsConfig) -> bool {
+    if signals.min_app_version.is_empty() {
+        return false;
+    }
+    match (version_parts(version), version_parts(&signals.min_app_version)) {
+        (Some(v), Some(min)) => v < min,
+        _ => true,
+    }
+}
+
+/// "3.12.1" → [3, 12, 1, 0] (up to four numeric parts).
+pub(crate) fn version_parts(v: &str) -> Option<[u32; 4]> {
+    let mut out = [0; 4];
+    let mut parts = v.trim().split('.');
+    for slot in &mut out {
+        match parts.next() {
+            Some(p) => *slot = p.parse().ok()?,
+            None => break,
+        }
+    }
+    parts.next().is_none().then_some(out)
 }
 
 /// At or within `just_above_ratio` above one of the campaign's coupon thresholds.

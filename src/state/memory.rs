@@ -10,11 +10,12 @@ use governor::state::StateStore as GovernorStore;
 use governor::RateLimiter;
 
 use super::bounded::{BoundedMap, HeapSize};
-use super::window::{DistinctSet, Windows};
+use super::cluster::{self, ClusterEntry, ClusterStep};
+use super::window::{DistinctSet, Windows, DISTINCT_CAP};
 use super::{
     combine, fingerprint, KeyKind, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats, COUNTED,
-    DISTINCT, DISTINCT_WINDOWS_S, TAG_ASSISTED, TAG_BROWSE, TAG_NEW_DEVICES, TAG_NEW_INVITEES, TAG_NEW_USERS,
-    TAG_SUBNETS,
+    DISTINCT, DISTINCT_WINDOWS_S, TAG_ASSISTED, TAG_BROWSE, TAG_CLUSTER, TAG_NEW_DEVICES, TAG_NEW_INVITEES,
+    TAG_NEW_USERS, TAG_SUBNETS, TAG_UAS,
 };
 
 /// Per identity (global across routes): when it was first seen, the timing of its
@@ -59,12 +60,18 @@ pub struct MemoryState {
     counters: BoundedMap<Windows>,
     identities: BoundedMap<IdentityEntry>,
     limits: Arc<BoundedMap<u64>>,
+    /// Graph node → its cluster, and the clusters (`cluster.rs`).
+    pointers: BoundedMap<u64>,
+    clusters: BoundedMap<ClusterEntry>,
     budget_bytes: u64,
 }
 
 /// How the budget is shared: counters are per route, so they get the largest part.
-const COUNTERS_SHARE: f64 = 0.5;
-const IDENTITIES_SHARE: f64 = 0.4;
+const COUNTERS_SHARE: f64 = 0.45;
+const IDENTITIES_SHARE: f64 = 0.35;
+const POINTERS_SHARE: f64 = 0.05;
+const CLUSTERS_SHARE: f64 = 0.07;
+const LIMITS_SHARE: f64 = 1.0 - COUNTERS_SHARE - IDENTITIES_SHARE - POINTERS_SHARE - CLUSTERS_SHARE;
 
 impl MemoryState {
     /// `ttl_ms` is how long an untouched key is kept at least (it is gone after twice that).
@@ -73,7 +80,9 @@ impl MemoryState {
         MemoryState {
             counters: BoundedMap::new(part(COUNTERS_SHARE), ttl_ms),
             identities: BoundedMap::new(part(IDENTITIES_SHARE), ttl_ms),
-            limits: Arc::new(BoundedMap::new(part(1.0 - COUNTERS_SHARE - IDENTITIES_SHARE), ttl_ms)),
+            limits: Arc::new(BoundedMap::new(part(LIMITS_SHARE), ttl_ms)),
+            pointers: BoundedMap::new(part(POINTERS_SHARE), ttl_ms),
+            clusters: BoundedMap::new(part(CLUSTERS_SHARE), ttl_ms),
             budget_bytes,
         }
     }
@@ -120,6 +129,8 @@ impl MemoryState {
             }
         }
 
+        out.cluster = self.cluster(obs, &out, user_new);
+
         // Derived counters: bumped when this request is the event they count, read
         // otherwise. The (1 h, 24 h) windows are the last two of the four.
         let counter = |k: u64, tag: u64, bump: bool| {
@@ -145,6 +156,11 @@ impl MemoryState {
         }
         if let Some(ua) = key(KeyKind::UserAgent) {
             out.ua_new_devices = counter(ua, TAG_NEW_DEVICES, device_new);
+            if let Some(device) = key(KeyKind::Device) {
+                out.uas_per_device = self.identities.update(combine(device, TAG_UAS), now, |e, _| {
+                    e.members.add(fingerprint(ua), now_s, DISTINCT_WINDOWS_S)
+                });
+            }
         }
 
         // The referral graph: who assisted whom, and where the inviter was seen.
@@ -182,6 +198,13 @@ impl MemoryState {
         out
     }
 
+    /// The account's cluster: unions the clusters of the request's account and of the
+    /// identities that link accounts (device, phone, payment account, address).
+    fn cluster(&self, obs: &Observation, out: &Readout, user_new: bool) -> [u32; 3] {
+        let step = cluster_step(obs, out, user_new, |k| self.pointers.peek(k, |p| *p).unwrap_or(0));
+        cluster::step(&self.pointers, &self.clusters, &step, obs.ts_ms)
+    }
+
     fn check_limit(&self, key: u64, quota: governor::Quota, now_ms: u64) -> LimitOutcome {
         // governor measures time from the clock's reading at construction; reading 0 then
         // and the event time now keeps every cell on one event-time axis across limiters.
@@ -214,6 +237,8 @@ impl StateStore for MemoryState {
             ("counters", self.counters.stats()),
             ("identities", self.identities.stats()),
             ("limits", self.limits.stats()),
+            ("graph_pointers", self.pointers.stats()),
+            ("clusters", self.clusters.stats()),
         ]
         .into_iter()
         .map(|(table, s)| TableStats {
@@ -228,6 +253,51 @@ impl StateStore for MemoryState {
     fn budget_bytes(&self) -> Option<u64> {
         Some(self.budget_bytes)
     }
+}
+
+/// Readout index of each identity that links accounts in the cluster graph.
+const LINKS: [(KeyKind, usize); 4] = [
+    (KeyKind::Device, 0),
+    (KeyKind::Phone, 4),
+    (KeyKind::PayAccount, 6),
+    (KeyKind::Address, 7),
+];
+
+/// The cluster step of one request (shared with the Redis backend's invocation, which
+/// cannot read pointers itself before the script runs: `pointer` gives 0 there).
+pub(crate) fn cluster_step(
+    obs: &Observation,
+    out: &Readout,
+    user_new: bool,
+    mut pointer: impl FnMut(u64) -> u64,
+) -> ClusterStep {
+    let key = |kind: KeyKind| obs.keys[kind as usize];
+    let mut step = ClusterStep::default();
+    let user = key(KeyKind::User);
+    if let Some(user) = user {
+        let k = combine(user, TAG_CLUSTER);
+        step.nodes.push((k, pointer(k)));
+        step.has_account = true;
+        step.account_new = user_new || out.user_age_ms.unwrap_or(0) < 3_600_000;
+    }
+    for (kind, rel) in LINKS {
+        // A saturated id (a placeholder many people share) links nobody.
+        if let Some(k) = key(kind).filter(|_| (out.distinct[rel][1] as usize) < DISTINCT_CAP) {
+            let k = combine(k, TAG_CLUSTER);
+            step.nodes.push((k, pointer(k)));
+        }
+    }
+    let creator = step.nodes.first().map_or(0, |n| n.0);
+    step.new_id = combine(creator, obs.ts_ms) | 1;
+    if let Some(campaign) = key(KeyKind::Campaign) {
+        let fp = fingerprint(combine(campaign, obs.route));
+        step.campaign = Some(fp);
+        let first_here = user.is_some() && out.counts[KeyKind::User as usize][3] == 1;
+        if !obs.browse && first_here {
+            step.claim = Some(fp);
+        }
+    }
+    step
 }
 
 /// Runs a future of the in-memory state, which never waits, to its end: offline

@@ -9,6 +9,7 @@
 //! several replicas); `Backend` is whichever the config chose.
 
 pub mod bounded;
+pub mod cluster;
 pub mod memory;
 pub mod redis;
 pub mod window;
@@ -28,6 +29,8 @@ pub(crate) const TAG_NEW_DEVICES: u64 = 0xB2;
 pub(crate) const TAG_NEW_INVITEES: u64 = 0xB3;
 pub(crate) const TAG_ASSISTED: u64 = 0xB4;
 pub(crate) const TAG_SUBNETS: u64 = 0xB5;
+pub(crate) const TAG_CLUSTER: u64 = 0xB6;
+pub(crate) const TAG_UAS: u64 = 0xB7;
 
 /// A member's fingerprint in a distinct set: the top half of its key.
 pub(crate) fn fingerprint(key: u64) -> u32 {
@@ -164,6 +167,11 @@ pub struct Readout {
     pub subnets_per_device: [u32; 2],
     /// Devices first seen with this exact user agent.
     pub ua_new_devices: [u32; 2],
+    /// Distinct user-agent strings this device sent.
+    pub uas_per_device: [u32; 2],
+    /// The account's cluster (`cluster.rs`): accounts, brand-new accounts that joined
+    /// in the last hour, accounts that made their first request on this campaign × route.
+    pub cluster: [u32; 3],
     /// Brand-new accounts that assisted this inviter.
     pub inviter_new_invitees: [u32; 2],
     /// The inviter's account was seen on this device / subnet.
