@@ -21,6 +21,8 @@ pub const MAX_HOPS: usize = 8;
 /// Campaign × route pairs a cluster counts claims for; the least counted makes room.
 pub const CLAIM_SLOTS: usize = 4;
 const HOUR_MS: u64 = 3_600_000;
+/// An account first seen less than this long ago joins a cluster as brand new.
+pub const NEW_ACCOUNT_MS: u64 = HOUR_MS;
 
 /// One cluster (a root), or a merged one forwarding to where it went (`parent`).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -168,7 +170,7 @@ pub fn step(
         .max_by(|(_, a), (_, b)| a.1.accounts.cmp(&b.1.accounts).then(b.0.cmp(&a.0)))
         .map(|(i, _)| i);
     let (win_id, mut win) = match winner {
-        Some(i) => roots.swap_remove(i),
+        Some(i) => roots.remove(i),
         None => (
             s.new_id,
             ClusterEntry {

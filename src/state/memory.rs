@@ -129,7 +129,7 @@ impl MemoryState {
             }
         }
 
-        out.cluster = self.cluster(obs, &out, user_new);
+        out.cluster = self.cluster(obs, &out);
 
         // Derived counters: bumped when this request is the event they count, read
         // otherwise. The (1 h, 24 h) windows are the last two of the four.
@@ -200,8 +200,8 @@ impl MemoryState {
 
     /// The account's cluster: unions the clusters of the request's account and of the
     /// identities that link accounts (device, phone, payment account, address).
-    fn cluster(&self, obs: &Observation, out: &Readout, user_new: bool) -> [u32; 3] {
-        let step = cluster_step(obs, out, user_new, |k| self.pointers.peek(k, |p| *p).unwrap_or(0));
+    fn cluster(&self, obs: &Observation, out: &Readout) -> [u32; 3] {
+        let step = cluster_step(obs, out, |k| self.pointers.peek(k, |p| *p).unwrap_or(0));
         cluster::step(&self.pointers, &self.clusters, &step, obs.ts_ms)
     }
 
@@ -263,12 +263,19 @@ const LINKS: [(KeyKind, usize); 4] = [
     (KeyKind::Address, 7),
 ];
 
-/// The cluster step of one request (shared with the Redis backend's invocation, which
-/// cannot read pointers itself before the script runs: `pointer` gives 0 there).
+/// The id of a cluster this request would form: from its first graph node and its time.
+pub(crate) fn new_cluster_id(obs: &Observation) -> u64 {
+    let creator = [KeyKind::User, KeyKind::Device, KeyKind::Phone, KeyKind::PayAccount, KeyKind::Address]
+        .into_iter()
+        .find_map(|kind| obs.keys[kind as usize])
+        .unwrap_or(0);
+    combine(combine(creator, TAG_CLUSTER), obs.ts_ms) | 1
+}
+
+/// The cluster step of one request (`redis.lua` does the same in the script).
 pub(crate) fn cluster_step(
     obs: &Observation,
     out: &Readout,
-    user_new: bool,
     mut pointer: impl FnMut(u64) -> u64,
 ) -> ClusterStep {
     let key = |kind: KeyKind| obs.keys[kind as usize];
@@ -278,7 +285,7 @@ pub(crate) fn cluster_step(
         let k = combine(user, TAG_CLUSTER);
         step.nodes.push((k, pointer(k)));
         step.has_account = true;
-        step.account_new = user_new || out.user_age_ms.unwrap_or(0) < 3_600_000;
+        step.account_new = out.user_age_ms.unwrap_or(0) < cluster::NEW_ACCOUNT_MS;
     }
     for (kind, rel) in LINKS {
         // A saturated id (a placeholder many people share) links nobody.
@@ -287,8 +294,7 @@ pub(crate) fn cluster_step(
             step.nodes.push((k, pointer(k)));
         }
     }
-    let creator = step.nodes.first().map_or(0, |n| n.0);
-    step.new_id = combine(creator, obs.ts_ms) | 1;
+    step.new_id = new_cluster_id(obs);
     if let Some(campaign) = key(KeyKind::Campaign) {
         let fp = fingerprint(combine(campaign, obs.route));
         step.campaign = Some(fp);

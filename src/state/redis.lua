@@ -9,7 +9,8 @@
 -- slot has the next KEYS entry), 6-13 member fingerprint per distinct relation ('' =
 -- none), 14 inviter fingerprint, 15 user fingerprint, 16 subnet fingerprint,
 -- 17 number of limits, then per limit its emission interval and burst tolerance in us,
--- and last the key seed.
+-- then the id a new cluster gets (16 hex digits), the campaign x route fingerprint ('' =
+-- none), the user agent's fingerprint, the key prefix, and last the key seed.
 
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
@@ -22,6 +23,11 @@ for r = 1, 8 do
 end
 local inviter_fp, user_fp, subnet_fp = ARGV[14], ARGV[15], ARGV[16]
 local nlimits = tonumber(ARGV[17])
+local after_limits = 17 + 2 * nlimits
+local new_cluster_id = ARGV[after_limits + 1]
+local claim_fp = ARGV[after_limits + 2]
+local ua_fp = ARGV[after_limits + 3]
+local prefix = ARGV[after_limits + 4]
 
 -- The last key is the deployment's key seed (the last ARGV its value): every request
 -- keeps it alive as long as the state it keys, so once it has expired so has
@@ -230,9 +236,14 @@ local function push(values)
 end
 
 -- Slots 1-8: per-route counters of the counted key kinds.
+local user_day = 0
 for i = 1, 8 do
   if slot[i] then
-    push(windows(slot[i], true))
+    local w = windows(slot[i], true)
+    if i == 1 then
+      user_day = w[4]
+    end
+    push(w)
   else
     push({0, 0, 0, 0})
   end
@@ -242,20 +253,25 @@ end
 -- member set (device, user, ip, subnet, phone, inviter, pay account, address).
 local user_age, device_age, user_regular, device_regular = -1, -1, 0, 0
 local user_new, device_new = false, false
+local day_members = {}
 for r = 1, 8 do
   local m = slot[10 + r]
+  day_members[r] = 0
   if m then
     if r == 1 then
       device_age, device_new, device_regular = entry(slot[9])
     elseif r == 2 then
       user_age, user_new, user_regular = entry(slot[10])
     end
+    local c
     if fps[r] ~= '' then
-      push(add(m, fps[r]))
+      c = add(m, fps[r])
     else
       touch(m)
-      push(count(m))
+      c = count(m)
     end
+    day_members[r] = c[2]
+    push(c)
   else
     push({0, 0})
   end
@@ -299,11 +315,193 @@ else
   push({0, 0, 0, 0, 0, 0})
 end
 
--- Slots 28-: GCRA cells (governor's algorithm) in microseconds of event time:
+-- Slot 28: the device's user agents.
+if slot[28] then
+  push(add(slot[28], ua_fp))
+else
+  push({0, 0})
+end
+
+-- Slots 29-33: cluster pointers of the account, device, phone, payment account and
+-- address; the clusters themselves live under `prefix .. 'c:' .. id` (cluster.rs: a
+-- union-find whose clusters decay a day after they formed).
+local CLUSTER_LIFE_MS = 86400000
+local HOUR_MS = 3600000
+local CFMT = '<c16dI4I4I4I4I4I4I4I4I4I4I4I4'
+local ROOT = '0000000000000000'
+local function cluster_get(id)
+  local v = redis.call('GET', prefix .. 'c:' .. id)
+  if not v then
+    return nil
+  end
+  local c = {}
+  local claims = {}
+  local f = {struct.unpack(CFMT, v)}
+  c.parent, c.born, c.accounts, c.hour, c.cur, c.prev = f[1], f[2], f[3], f[4], f[5], f[6]
+  for j = 1, 4 do
+    claims[j] = {f[5 + 2 * j], f[6 + 2 * j]}
+  end
+  c.claims = claims
+  return c
+end
+local function cluster_put(id, c)
+  local cl = c.claims
+  redis.call('SET', prefix .. 'c:' .. id, struct.pack(CFMT, c.parent, c.born, c.accounts, c.hour, c.cur, c.prev,
+    cl[1][1], cl[1][2], cl[2][1], cl[2][2], cl[3][1], cl[3][2], cl[4][1], cl[4][2]), 'PX', ttl)
+end
+local function cluster_roll(c)
+  local hour = math.floor(now / HOUR_MS)
+  if hour == c.hour + 1 then
+    c.prev, c.cur = c.cur, 0
+  elseif hour > c.hour then
+    c.prev, c.cur = 0, 0
+  end
+  if hour > c.hour then
+    c.hour = hour
+  end
+end
+local function cluster_claim(c, fp, n)
+  local at = nil
+  for j = 1, 4 do
+    if c.claims[j][1] == fp and c.claims[j][2] > 0 then
+      at = j
+      break
+    end
+  end
+  if not at then
+    at = 1
+    for j = 2, 4 do
+      if c.claims[j][2] < c.claims[at][2] then
+        at = j
+      end
+    end
+    c.claims[at] = {fp, 0}
+  end
+  c.claims[at][2] = c.claims[at][2] + n
+end
+local function cluster_find(id)
+  for _ = 1, 8 do
+    if not id or id == ROOT then
+      return nil
+    end
+    local c = cluster_get(id)
+    if not c or now - c.born > CLUSTER_LIFE_MS then
+      return nil
+    end
+    if c.parent == ROOT then
+      return id, c
+    end
+    id = c.parent
+  end
+  return nil
+end
+-- The graph nodes: (pointer slot, readout relation whose day count caps it).
+local nodes = {}
+if slot[29] then
+  nodes[#nodes + 1] = {slot[29], nil}
+end
+for j, r in ipairs({1, 5, 7, 8}) do
+  local s = slot[29 + j]
+  if s and day_members[r] < CAP then
+    nodes[#nodes + 1] = {s, r}
+  end
+end
+if #nodes == 0 then
+  push({0, 0, 0})
+else
+  local roots = {}
+  local account_joins = slot[29] ~= nil
+  for i, node in ipairs(nodes) do
+    node[3] = cache[node[1]] or ROOT
+    local id, c = cluster_find(node[3])
+    if i == 1 and slot[29] and id then
+      account_joins = false
+    end
+    if id then
+      local seen = false
+      for _, r in ipairs(roots) do
+        if r[1] == id then
+          seen = true
+        end
+      end
+      if not seen then
+        roots[#roots + 1] = {id, c}
+      end
+    end
+  end
+  local win = nil
+  for i, r in ipairs(roots) do
+    if not win or r[2].accounts > roots[win][2].accounts
+      or (r[2].accounts == roots[win][2].accounts and r[1] < roots[win][1]) then
+      win = i
+    end
+  end
+  local win_id, w
+  if win then
+    win_id, w = roots[win][1], roots[win][2]
+  else
+    win_id = new_cluster_id
+    w = {parent = ROOT, born = now, accounts = 0, hour = math.floor(now / HOUR_MS), cur = 0, prev = 0,
+      claims = {{0, 0}, {0, 0}, {0, 0}, {0, 0}}}
+  end
+  for i, r in ipairs(roots) do
+    if i ~= win then
+      local l = r[2]
+      cluster_roll(l)
+      cluster_roll(w)
+      w.accounts = w.accounts + l.accounts
+      w.cur = w.cur + l.cur
+      w.prev = w.prev + l.prev
+      for j = 1, 4 do
+        if l.claims[j][2] > 0 then
+          cluster_claim(w, l.claims[j][1], l.claims[j][2])
+        end
+      end
+      l.parent = win_id
+      cluster_put(r[1], l)
+    end
+  end
+  cluster_roll(w)
+  if account_joins then
+    w.accounts = w.accounts + 1
+    local age = user_age
+    if age < 0 then
+      age = 0
+    end
+    if age < HOUR_MS then
+      w.cur = w.cur + 1
+    end
+  end
+  local claim = tonumber(claim_fp)
+  if claim and slot[29] and user_day == 1 and not browsing then
+    cluster_claim(w, claim, 1)
+  end
+  local claimed = 0
+  if claim then
+    for j = 1, 4 do
+      if w.claims[j][1] == claim and w.claims[j][2] > 0 then
+        claimed = w.claims[j][2]
+        break
+      end
+    end
+  end
+  local joins = w.cur + math.floor(w.prev * (HOUR_MS - now % HOUR_MS) / HOUR_MS)
+  cluster_put(win_id, w)
+  for _, node in ipairs(nodes) do
+    if node[3] ~= win_id then
+      store(node[1], win_id)
+    else
+      redis.call('PEXPIRE', node[1], ttl)
+    end
+  end
+  push({w.accounts, joins, claimed})
+end
+
+-- Slots 34-: GCRA cells (governor's algorithm) in microseconds of event time:
 -- 0 = allowed, otherwise the wait in ms.
 local now_us = now * 1000
 for i = 1, nlimits do
-  local key = slot[27 + i]
+  local key = slot[33 + i]
   local t = tonumber(ARGV[16 + 2 * i])
   local tau = tonumber(ARGV[17 + 2 * i])
   local tat = tonumber(cache[key]) or now_us

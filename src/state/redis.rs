@@ -36,17 +36,17 @@ use ::redis::cluster::ClusterClientBuilder;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Script, Value};
 
-use super::memory::MemoryState;
+use super::memory::{new_cluster_id, MemoryState};
 use super::{
     combine, fingerprint, KeyKind, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats, COUNTED,
-    DISTINCT, TAG_ASSISTED, TAG_BROWSE, TAG_NEW_DEVICES, TAG_NEW_INVITEES, TAG_NEW_USERS, TAG_SUBNETS,
+    DISTINCT, TAG_ASSISTED, TAG_BROWSE, TAG_NEW_DEVICES, TAG_NEW_INVITEES, TAG_NEW_USERS, TAG_SUBNETS, TAG_CLUSTER, TAG_UAS,
 };
 use crate::config::StateConfig;
 
 const SCRIPT: &str = include_str!("redis.lua");
 
 /// Fixed slots of the script before the limit cells (see `redis.lua`).
-const FIXED_SLOTS: usize = 27;
+const FIXED_SLOTS: usize = 33;
 
 /// After a failed call (or `TIMEOUTS_BEFORE_SKIPPING` timeouts in a row), requests
 /// skip Redis for this long and degrade at once, so that an outage costs one failed call
@@ -257,7 +257,16 @@ impl RedisState {
         slots.push(referral.map(|(inviter, _, _)| self.key('w', combine(inviter, TAG_NEW_INVITEES))));
         slots.push(referral.map(|(_, inviter_user, _)| self.key('m', combine(inviter_user, TAG_ASSISTED))));
         slots.push(referral.map(|(_, _, user)| self.key('m', combine(user, TAG_ASSISTED))));
-        // 28-: limit cells.
+        // 28: the device's user agents; 29-33: the cluster pointers of the account,
+        // device, phone, payment account and address (`cluster.rs`).
+        slots.push(match (key(KeyKind::Device), key(KeyKind::UserAgent)) {
+            (Some(device), Some(_)) => Some(self.key('m', combine(device, TAG_UAS))),
+            _ => None,
+        });
+        for kind in [KeyKind::User, KeyKind::Device, KeyKind::Phone, KeyKind::PayAccount, KeyKind::Address] {
+            slots.push(key(kind).map(|k| self.key('p', combine(k, TAG_CLUSTER))));
+        }
+        // 34-: limit cells.
         for l in &obs.limits {
             slots.push(Some(self.key('l', l.key)));
         }
@@ -286,6 +295,11 @@ impl RedisState {
             let tau = t * u64::from(l.quota.burst_size().get() - 1);
             inv.arg(t).arg(tau);
         }
+        let campaign = key(KeyKind::Campaign).map(|c| fingerprint(combine(c, obs.route)).to_string());
+        inv.arg(format!("{:016x}", new_cluster_id(obs)))
+            .arg(campaign.unwrap_or_default())
+            .arg(fp(key(KeyKind::UserAgent)))
+            .arg(&self.prefix);
         inv.arg(self.seed.to_string());
         inv
     }
@@ -345,7 +359,7 @@ impl RedisState {
 
 /// The script's flat reply → a `Readout`.
 fn readout(v: &[i64], limits: usize) -> Result<Readout, StateError> {
-    const FIXED: usize = 32 + 16 + 4 + 2 + 6 + 2 + 2 + 2 + 4;
+    const FIXED: usize = 32 + 16 + 4 + 2 + 6 + 2 + 2 + 2 + 4 + 2 + 3;
     if v.len() != FIXED + limits {
         return Err(StateError::Unavailable(format!(
             "the state script answered {} values, expected {}",
@@ -382,6 +396,9 @@ fn readout(v: &[i64], limits: usize) -> Result<Readout, StateError> {
         r.inviter_is_invitee,
     ) = (v[i] == 1, v[i + 1] == 1, v[i + 2] == 1, v[i + 3] == 1);
     i += 4;
+    r.uas_per_device = pair(i);
+    r.cluster = [n(i + 2), n(i + 3), n(i + 4)];
+    i += 5;
     r.limits = v[i..]
         .iter()
         .map(|ms| match *ms {
@@ -406,6 +423,8 @@ impl StateStore for RedisState {
             t.table = match t.table {
                 "counters" => "local_counters",
                 "identities" => "local_identities",
+                "graph_pointers" => "local_graph_pointers",
+                "clusters" => "local_clusters",
                 _ => "local_limits",
             };
         }
@@ -431,11 +450,13 @@ mod tests {
 
     #[test]
     fn readout_layout_round_trips() {
-        let mut v: Vec<i64> = (0..70).collect();
+        let mut v: Vec<i64> = (0..75).collect();
         v[48] = -1; // no account
         v.push(0);
         v.push(1_500);
         let r = readout(&v, 2).unwrap();
+        assert_eq!(r.uas_per_device, [70, 71]);
+        assert_eq!(r.cluster, [72, 73, 74]);
         assert_eq!(r.counts[0], [0, 1, 2, 3]);
         assert_eq!(r.counts[7], [28, 29, 30, 31]);
         assert_eq!(r.distinct[0], [32, 33]);
