@@ -28,6 +28,7 @@ struct Req<'a> {
     ip: &'a str,
     body: serde_json::Value,
     ua: &'a str,
+    app: &'a str,
 }
 
 impl<'a> Req<'a> {
@@ -40,6 +41,7 @@ impl<'a> Req<'a> {
             ip,
             body: json!({"campaign_id": "c-1", "coupon_id": "new-user-50"}),
             ua: "Mozilla/5.0 (iPhone) MicroMessenger/8.0.47",
+            app: "3.12.1",
         }
     }
     fn assist(ts: u64, user: &'a str, device: &'a str, ip: &'a str, inviter: &str) -> Self {
@@ -82,7 +84,7 @@ impl World {
         if let Some(d) = r.device {
             headers.insert("x-device-id".to_string(), d.to_string());
         }
-        headers.insert("x-app-version".to_string(), "8.0.47".to_string());
+        headers.insert("x-app-version".to_string(), r.app.to_string());
         headers.insert("user-agent".to_string(), r.ua.to_string());
         let method = if r.body.is_null() { "GET" } else { "POST" };
         let event = Event {
@@ -178,6 +180,8 @@ fn a_carrier_nat_is_many_accounts_on_one_ip_but_nothing_else() {
     assert_eq!(f(&a, "users_per_ip_1h"), 32.0);
     assert_eq!(f(&a, "ip_new_users_1h"), 40.0);
     assert_eq!(f(&a, "users_per_device_24h"), 1.0);
+    // Sharing an address is not sharing anything the cluster graph links.
+    assert_eq!(f(&a, "cluster_accounts_24h"), 1.0);
 }
 
 #[test]
@@ -328,4 +332,90 @@ fn cloned_device_profiles_count_new_devices_per_user_agent() {
         ..Req::claim(9_000, "clone-0", "clone-dev-0", "198.18.3.3")
     });
     assert_eq!(f(&a, "ua_new_devices_1h"), 3.0);
+}
+
+#[test]
+fn a_fake_order_crew_is_one_cluster_through_its_payment_account() {
+    let w = World::new();
+    // Three phones, two accounts each, one shared payment account: no phone shows more
+    // than two accounts, but the payment account joins the three pairs into one crew.
+    for d in 0..3u64 {
+        for k in 0..2u64 {
+            let (user, device) = (format!("crew-{d}-{k}"), format!("crew-phone-{d}"));
+            let t = (d * 2 + k) * 60_000;
+            w.send(Req::browse(t, &user, &device, "198.51.100.40"));
+            let order = w.send(Req::order(t + 30_000, &user, &device, 101.0, "pay-crew", &format!("a-{d}")));
+            assert_eq!(f(&order, "cluster_accounts_24h"), (d * 2 + k + 1) as f64);
+        }
+    }
+    // The next account on the first phone claims: a family-sized device, a crew-sized cluster.
+    let a = w.send(Req::claim(400_000, "crew-0-2", "crew-phone-0", "198.51.100.40"));
+    assert_eq!(f(&a, "users_per_device_24h"), 3.0);
+    assert_eq!(f(&a, "cluster_accounts_24h"), 7.0);
+    assert_eq!(f(&a, "cluster_new_accounts_1h"), 7.0);
+    assert_eq!(f(&a, "cluster_new_share_1h"), 1.0);
+    assert_eq!(f(&a, "cluster_claimed_24h"), 1.0, "the first claim in this campaign");
+    assert!(a.score.reasons.contains(&"cluster_farm".to_string()), "{:?}", a.score.reasons);
+    assert!(a.decision.stops());
+}
+
+#[test]
+fn a_family_is_a_small_cluster_that_claims_together() {
+    let w = World::new();
+    for (i, user) in ["mum", "dad", "kid"].iter().enumerate() {
+        let t = i as u64 * 900_000;
+        w.send(Req::browse(t, user, "family-phone", "198.51.100.8"));
+        w.send(Req::browse(t + 20_000, user, "family-phone", "198.51.100.8"));
+        let a = w.send(Req::claim(t + 45_000, user, "family-phone", "198.51.100.8"));
+        assert_eq!(f(&a, "cluster_accounts_24h"), i as f64 + 1.0);
+        assert_eq!(f(&a, "cluster_claimed_24h"), i as f64 + 1.0);
+        assert!(!a.decision.stops(), "{user}: {:?}", a.score.reasons);
+    }
+    // A second claim by the same account does not count it twice.
+    let again = w.send(Req::claim(3_000_000, "mum", "family-phone", "198.51.100.8"));
+    assert_eq!(f(&again, "cluster_claimed_24h"), 3.0);
+    assert_eq!(f(&again, "cluster_accounts_24h"), 3.0);
+}
+
+#[test]
+fn request_shape_stale_app_versions_user_agents_per_device_and_task_bursts() {
+    let w = World::new();
+    let a = w.send(Req {
+        app: "2.9.0",
+        ..Req::claim(0, "replayer", "replay-phone", "192.0.2.7")
+    });
+    assert_eq!(f(&a, "app_version_stale"), 1.0);
+    assert!(a.score.reasons.contains(&"stale_app_version".to_string()));
+    for (app, stale) in [("3.9.0", 0.0), ("3.12.1", 0.0), ("3.8.9", 1.0), ("latest", 1.0)] {
+        let a = w.send(Req {
+            app,
+            ..Req::claim(1_000, "someone", "some-phone", "192.0.2.8")
+        });
+        assert_eq!(f(&a, "app_version_stale"), stale, "{app}");
+    }
+    // One device id sending many user agents.
+    let mut last = None;
+    for i in 0..5u64 {
+        let ua = format!("Mozilla/5.0 (Linux; Android 1{i}) MicroMessenger/8.0.4{i}");
+        last = Some(w.send(Req {
+            ua: &ua,
+            ..Req::browse(10_000 + i * 1_000, "spoofer", "one-id", "192.0.2.9")
+        }));
+    }
+    assert_eq!(f(&last.unwrap(), "uas_per_device_24h"), 5.0);
+    // An inviter quiet for an hour, then five assists within a minute: a posted task.
+    let w = World::new();
+    w.send(Req::assist(0, "early", "early-phone", "198.18.20.1", "poster"));
+    let mut last = None;
+    for i in 0..5u64 {
+        let (user, device) = (format!("task-{i}"), format!("task-phone-{i}"));
+        last = Some(w.send(Req::assist(2 * 3_600_000 + i * 8_000, &user, &device, "198.18.21.1", "poster")));
+    }
+    let a = last.unwrap();
+    assert_eq!(f(&a, "inviter_burst_after_lull"), 5.0);
+    // The same burst right after other assists is a busy inviter, not a lull.
+    let b = w.send(Req::assist(2 * 3_600_000 + 50_000, "task-5", "task-phone-5", "198.18.21.1", "poster"));
+    assert_eq!(f(&b, "inviter_burst_after_lull"), 6.0);
+    let c = w.send(Req::assist(2 * 3_600_000 + 200_000, "task-6", "task-phone-6", "198.18.21.1", "poster"));
+    assert_eq!(f(&c, "inviter_burst_after_lull"), 0.0, "assists before this minute");
 }
