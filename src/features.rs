@@ -103,6 +103,8 @@ features! {
     InviterNewInvitees1h => "inviter_new_invitees_1h", "1 h", "brand-new accounts (see signals.new_account_s) that assisted this inviter";
     InviterNewInvitees24h => "inviter_new_invitees_24h", "24 h", "brand-new accounts that assisted this inviter";
     InviterNewShare1h => "inviter_new_share_1h", "1 h", "share of this inviter's invitees that were brand new (0-1)";
+    InviterInviteeSubnets24h => "inviter_invitee_subnets_24h", "24 h", "distinct /24 or /64 networks this inviter's invitees assisted from";
+    InviterSubnetShare24h => "inviter_subnet_share_24h", "24 h", "1 - invitee networks / invitees (0-1): the inviter's invitees sharing networks with each other";
     InviterOnDevice => "inviter_on_device", "24 h", "1 when the inviter's account was seen on this device";
     InviterOnSubnet => "inviter_on_subnet", "24 h", "1 when the inviter's account was seen on this /24 or /64";
     ReferralRing => "referral_ring", "24 h", "1 when the inviter had assisted this account before (A assists B, B assists A)";

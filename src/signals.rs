@@ -76,13 +76,27 @@ pub async fn observe<S: StateStore>(
     f.set(Feature::ClusterClaimed24h, cluster_claimed);
     let [_, assists_1m, assists_1h, _] = r.counts[KeyKind::Inviter as usize];
     let lull = assists_1h.saturating_sub(assists_1m) == 0;
-    f.set(Feature::InviterBurstAfterLull, if lull { f64::from(assists_1m) } else { 0.0 });
+    f.set(
+        Feature::InviterBurstAfterLull,
+        if lull { f64::from(assists_1m) } else { 0.0 },
+    );
     windows(&mut f, Feature::SubnetsPerDevice1h, &r.subnets_per_device);
     windows(&mut f, Feature::InviterNewInvitees1h, &r.inviter_new_invitees);
     let fan_out = f64::from(r.distinct[5][0].max(1));
     f.set(
         Feature::InviterNewShare1h,
         (f64::from(r.inviter_new_invitees[0]) / fan_out).min(1.0),
+    );
+    let invitee_subnets = r.inviter_invitee_subnets[1];
+    f.set(Feature::InviterInviteeSubnets24h, f64::from(invitee_subnets));
+    let invitees = r.distinct[5][1];
+    f.set(
+        Feature::InviterSubnetShare24h,
+        if invitees > 0 && invitee_subnets > 0 {
+            (1.0 - f64::from(invitee_subnets) / f64::from(invitees)).max(0.0)
+        } else {
+            0.0
+        },
     );
     let flag = |b: bool| f64::from(u8::from(b));
     f.set(Feature::InviterOnDevice, flag(r.inviter_on_device));

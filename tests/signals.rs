@@ -228,6 +228,9 @@ fn a_crowd_assisting_one_inviter_in_a_burst_is_stopped() {
     assert_eq!(f(&a, "users_per_inviter_1h"), 6.0);
     assert_eq!(f(&a, "inviter_new_invitees_1h"), 6.0);
     assert_eq!(f(&a, "inviter_new_share_1h"), 1.0);
+    // Real people on their own networks: as many networks as invitees.
+    assert_eq!(f(&a, "inviter_invitee_subnets_24h"), 6.0);
+    assert_eq!(f(&a, "inviter_subnet_share_24h"), 0.0);
     assert!(a.score.reasons.contains(&"inviter_burst".to_string()));
     assert!(a.decision.stops());
 }
@@ -344,7 +347,14 @@ fn a_fake_order_crew_is_one_cluster_through_its_payment_account() {
             let (user, device) = (format!("crew-{d}-{k}"), format!("crew-phone-{d}"));
             let t = (d * 2 + k) * 60_000;
             w.send(Req::browse(t, &user, &device, "198.51.100.40"));
-            let order = w.send(Req::order(t + 30_000, &user, &device, 101.0, "pay-crew", &format!("a-{d}")));
+            let order = w.send(Req::order(
+                t + 30_000,
+                &user,
+                &device,
+                101.0,
+                "pay-crew",
+                &format!("a-{d}"),
+            ));
             assert_eq!(f(&order, "cluster_accounts_24h"), (d * 2 + k + 1) as f64);
         }
     }
@@ -355,7 +365,11 @@ fn a_fake_order_crew_is_one_cluster_through_its_payment_account() {
     assert_eq!(f(&a, "cluster_new_accounts_1h"), 7.0);
     assert_eq!(f(&a, "cluster_new_share_1h"), 1.0);
     assert_eq!(f(&a, "cluster_claimed_24h"), 1.0, "the first claim in this campaign");
-    assert!(a.score.reasons.contains(&"cluster_farm".to_string()), "{:?}", a.score.reasons);
+    assert!(
+        a.score.reasons.contains(&"cluster_farm".to_string()),
+        "{:?}",
+        a.score.reasons
+    );
     assert!(a.decision.stops());
 }
 
@@ -409,13 +423,53 @@ fn request_shape_stale_app_versions_user_agents_per_device_and_task_bursts() {
     let mut last = None;
     for i in 0..5u64 {
         let (user, device) = (format!("task-{i}"), format!("task-phone-{i}"));
-        last = Some(w.send(Req::assist(2 * 3_600_000 + i * 8_000, &user, &device, "198.18.21.1", "poster")));
+        last = Some(w.send(Req::assist(
+            2 * 3_600_000 + i * 8_000,
+            &user,
+            &device,
+            "198.18.21.1",
+            "poster",
+        )));
     }
     let a = last.unwrap();
     assert_eq!(f(&a, "inviter_burst_after_lull"), 5.0);
     // The same burst right after other assists is a busy inviter, not a lull.
-    let b = w.send(Req::assist(2 * 3_600_000 + 50_000, "task-5", "task-phone-5", "198.18.21.1", "poster"));
+    let b = w.send(Req::assist(
+        2 * 3_600_000 + 50_000,
+        "task-5",
+        "task-phone-5",
+        "198.18.21.1",
+        "poster",
+    ));
     assert_eq!(f(&b, "inviter_burst_after_lull"), 6.0);
-    let c = w.send(Req::assist(2 * 3_600_000 + 200_000, "task-6", "task-phone-6", "198.18.21.1", "poster"));
+    let c = w.send(Req::assist(
+        2 * 3_600_000 + 200_000,
+        "task-6",
+        "task-phone-6",
+        "198.18.21.1",
+        "poster",
+    ));
     assert_eq!(f(&c, "inviter_burst_after_lull"), 0.0, "assists before this minute");
+}
+
+#[test]
+fn a_farm_of_invitees_shares_one_network() {
+    let w = World::new();
+    let mut last = None;
+    for i in 0..8u64 {
+        let (user, device) = (format!("sock-{i}"), format!("sock-phone-{}", i / 2));
+        let ip = format!("198.51.100.{}", 60 + i);
+        last = Some(w.send(Req::assist(i * 400_000, &user, &device, &ip, "farmer")));
+    }
+    let a = last.unwrap();
+    // Eight invitees, one /24, two to a phone: the invitees share networks and phones.
+    assert_eq!(f(&a, "users_per_inviter_24h"), 8.0);
+    assert_eq!(f(&a, "inviter_invitee_subnets_24h"), 1.0);
+    assert_eq!(f(&a, "inviter_subnet_share_24h"), 1.0 - 1.0 / 8.0);
+    assert_eq!(f(&a, "cluster_accounts_24h"), 2.0);
+    assert_eq!(
+        f(&a, "cluster_claimed_24h"),
+        2.0,
+        "both invitees on the last phone assisted"
+    );
 }

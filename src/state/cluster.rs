@@ -79,7 +79,10 @@ impl ClusterEntry {
     }
 
     fn claims_of(&self, fp: u32) -> u32 {
-        self.claims.iter().find(|(f, c)| *f == fp && *c > 0).map_or(0, |(_, c)| *c)
+        self.claims
+            .iter()
+            .find(|(f, c)| *f == fp && *c > 0)
+            .map_or(0, |(_, c)| *c)
     }
 
     /// Takes in everything `other` counted (it is being merged into this one).

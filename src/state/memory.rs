@@ -14,8 +14,8 @@ use super::cluster::{self, ClusterEntry, ClusterStep};
 use super::window::{DistinctSet, Windows, DISTINCT_CAP};
 use super::{
     combine, fingerprint, KeyKind, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats, COUNTED,
-    DISTINCT, DISTINCT_WINDOWS_S, TAG_ASSISTED, TAG_BROWSE, TAG_CLUSTER, TAG_NEW_DEVICES, TAG_NEW_INVITEES,
-    TAG_NEW_USERS, TAG_SUBNETS, TAG_UAS,
+    DISTINCT, DISTINCT_WINDOWS_S, TAG_ASSISTED, TAG_BROWSE, TAG_CLUSTER, TAG_INVITEE_SUBNETS, TAG_NEW_DEVICES,
+    TAG_NEW_INVITEES, TAG_NEW_USERS, TAG_SUBNETS, TAG_UAS,
 };
 
 /// Per identity (global across routes): when it was first seen, the timing of its
@@ -190,6 +190,13 @@ impl MemoryState {
             self.identities.update(combine(user, TAG_ASSISTED), now, |e, _| {
                 e.members.add(inviter_fp, now_s, DISTINCT_WINDOWS_S);
             });
+            if let Some(subnet) = key(KeyKind::Subnet) {
+                out.inviter_invitee_subnets =
+                    self.identities
+                        .update(combine(inviter, TAG_INVITEE_SUBNETS), now, |e, _| {
+                            e.members.add(fingerprint(subnet), now_s, DISTINCT_WINDOWS_S)
+                        });
+            }
         }
 
         for check in &obs.limits {
@@ -265,19 +272,21 @@ const LINKS: [(KeyKind, usize); 4] = [
 
 /// The id of a cluster this request would form: from its first graph node and its time.
 pub(crate) fn new_cluster_id(obs: &Observation) -> u64 {
-    let creator = [KeyKind::User, KeyKind::Device, KeyKind::Phone, KeyKind::PayAccount, KeyKind::Address]
-        .into_iter()
-        .find_map(|kind| obs.keys[kind as usize])
-        .unwrap_or(0);
+    let creator = [
+        KeyKind::User,
+        KeyKind::Device,
+        KeyKind::Phone,
+        KeyKind::PayAccount,
+        KeyKind::Address,
+    ]
+    .into_iter()
+    .find_map(|kind| obs.keys[kind as usize])
+    .unwrap_or(0);
     combine(combine(creator, TAG_CLUSTER), obs.ts_ms) | 1
 }
 
 /// The cluster step of one request (`redis.lua` does the same in the script).
-pub(crate) fn cluster_step(
-    obs: &Observation,
-    out: &Readout,
-    mut pointer: impl FnMut(u64) -> u64,
-) -> ClusterStep {
+pub(crate) fn cluster_step(obs: &Observation, out: &Readout, mut pointer: impl FnMut(u64) -> u64) -> ClusterStep {
     let key = |kind: KeyKind| obs.keys[kind as usize];
     let mut step = ClusterStep::default();
     let user = key(KeyKind::User);

@@ -31,6 +31,7 @@ pub(crate) const TAG_ASSISTED: u64 = 0xB4;
 pub(crate) const TAG_SUBNETS: u64 = 0xB5;
 pub(crate) const TAG_CLUSTER: u64 = 0xB6;
 pub(crate) const TAG_UAS: u64 = 0xB7;
+pub(crate) const TAG_INVITEE_SUBNETS: u64 = 0xB8;
 
 /// A member's fingerprint in a distinct set: the top half of its key.
 pub(crate) fn fingerprint(key: u64) -> u32 {
@@ -181,6 +182,8 @@ pub struct Readout {
     pub referral_ring: bool,
     /// The inviter itself assisted someone (a chain A→B→C).
     pub inviter_is_invitee: bool,
+    /// Distinct /24 or /64 subnets this inviter's invitees assisted from.
+    pub inviter_invitee_subnets: [u32; 2],
     /// One outcome per `Observation::limits`, in order.
     pub limits: SmallVec<[LimitOutcome; 4]>,
 }

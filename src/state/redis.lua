@@ -497,11 +497,18 @@ else
   push({w.accounts, joins, claimed})
 end
 
--- Slots 34-: GCRA cells (governor's algorithm) in microseconds of event time:
+-- Slot 34: the subnets the inviter's invitees assisted from.
+if slot[34] then
+  push(add(slot[34], subnet_fp))
+else
+  push({0, 0})
+end
+
+-- Slots 35-: GCRA cells (governor's algorithm) in microseconds of event time:
 -- 0 = allowed, otherwise the wait in ms.
 local now_us = now * 1000
 for i = 1, nlimits do
-  local key = slot[33 + i]
+  local key = slot[34 + i]
   local t = tonumber(ARGV[16 + 2 * i])
   local tau = tonumber(ARGV[17 + 2 * i])
   local tat = tonumber(cache[key]) or now_us

@@ -39,14 +39,15 @@ use ::redis::{Script, Value};
 use super::memory::{new_cluster_id, MemoryState};
 use super::{
     combine, fingerprint, KeyKind, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats, COUNTED,
-    DISTINCT, TAG_ASSISTED, TAG_BROWSE, TAG_NEW_DEVICES, TAG_NEW_INVITEES, TAG_NEW_USERS, TAG_SUBNETS, TAG_CLUSTER, TAG_UAS,
+    DISTINCT, TAG_ASSISTED, TAG_BROWSE, TAG_CLUSTER, TAG_INVITEE_SUBNETS, TAG_NEW_DEVICES, TAG_NEW_INVITEES,
+    TAG_NEW_USERS, TAG_SUBNETS, TAG_UAS,
 };
 use crate::config::StateConfig;
 
 const SCRIPT: &str = include_str!("redis.lua");
 
 /// Fixed slots of the script before the limit cells (see `redis.lua`).
-const FIXED_SLOTS: usize = 33;
+const FIXED_SLOTS: usize = 34;
 
 /// After a failed call (or `TIMEOUTS_BEFORE_SKIPPING` timeouts in a row), requests
 /// skip Redis for this long and degrade at once, so that an outage costs one failed call
@@ -263,10 +264,21 @@ impl RedisState {
             (Some(device), Some(_)) => Some(self.key('m', combine(device, TAG_UAS))),
             _ => None,
         });
-        for kind in [KeyKind::User, KeyKind::Device, KeyKind::Phone, KeyKind::PayAccount, KeyKind::Address] {
+        for kind in [
+            KeyKind::User,
+            KeyKind::Device,
+            KeyKind::Phone,
+            KeyKind::PayAccount,
+            KeyKind::Address,
+        ] {
             slots.push(key(kind).map(|k| self.key('p', combine(k, TAG_CLUSTER))));
         }
-        // 34-: limit cells.
+        // 34: the subnets the inviter's invitees came from.
+        slots.push(match (referral, key(KeyKind::Subnet)) {
+            (Some((inviter, _, _)), Some(_)) => Some(self.key('m', combine(inviter, TAG_INVITEE_SUBNETS))),
+            _ => None,
+        });
+        // 35-: limit cells.
         for l in &obs.limits {
             slots.push(Some(self.key('l', l.key)));
         }
@@ -359,7 +371,7 @@ impl RedisState {
 
 /// The script's flat reply → a `Readout`.
 fn readout(v: &[i64], limits: usize) -> Result<Readout, StateError> {
-    const FIXED: usize = 32 + 16 + 4 + 2 + 6 + 2 + 2 + 2 + 4 + 2 + 3;
+    const FIXED: usize = 32 + 16 + 4 + 2 + 6 + 2 + 2 + 2 + 4 + 2 + 3 + 2;
     if v.len() != FIXED + limits {
         return Err(StateError::Unavailable(format!(
             "the state script answered {} values, expected {}",
@@ -398,7 +410,8 @@ fn readout(v: &[i64], limits: usize) -> Result<Readout, StateError> {
     i += 4;
     r.uas_per_device = pair(i);
     r.cluster = [n(i + 2), n(i + 3), n(i + 4)];
-    i += 5;
+    r.inviter_invitee_subnets = pair(i + 5);
+    i += 7;
     r.limits = v[i..]
         .iter()
         .map(|ms| match *ms {
@@ -450,13 +463,14 @@ mod tests {
 
     #[test]
     fn readout_layout_round_trips() {
-        let mut v: Vec<i64> = (0..75).collect();
+        let mut v: Vec<i64> = (0..77).collect();
         v[48] = -1; // no account
         v.push(0);
         v.push(1_500);
         let r = readout(&v, 2).unwrap();
         assert_eq!(r.uas_per_device, [70, 71]);
         assert_eq!(r.cluster, [72, 73, 74]);
+        assert_eq!(r.inviter_invitee_subnets, [75, 76]);
         assert_eq!(r.counts[0], [0, 1, 2, 3]);
         assert_eq!(r.counts[7], [28, 29, 30, 31]);
         assert_eq!(r.distinct[0], [32, 33]);
