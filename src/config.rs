@@ -352,6 +352,9 @@ pub struct SignalsConfig {
     /// The oldest app release still in use ("3.9.0"); older or unparseable versions are
     /// stale (captured requests replayed by a script). Empty: nothing is stale.
     pub min_app_version: String,
+    /// Leading characters of a device id that device-id generators leave alike; 0 turns
+    /// `prefix_new_devices_*` off.
+    pub device_prefix_len: usize,
 }
 
 impl Default for SignalsConfig {
@@ -361,6 +364,7 @@ impl Default for SignalsConfig {
             just_above_ratio: 0.05,
             new_account_s: 600,
             min_app_version: String::new(),
+            device_prefix_len: 8,
         }
     }
 }

@@ -98,6 +98,8 @@ features! {
     SubnetNewUsers24h => "subnet_new_users_24h", "24 h", "accounts first seen from this /24 or /64";
     UaNewDevices1h => "ua_new_devices_1h", "1 h", "devices first seen with this exact user-agent string";
     UaNewDevices24h => "ua_new_devices_24h", "24 h", "devices first seen with this exact user-agent string";
+    PrefixNewDevices1h => "prefix_new_devices_1h", "1 h", "devices first seen whose id starts like this one's (signals.device_prefix_len characters): ids made by one generator";
+    PrefixNewDevices24h => "prefix_new_devices_24h", "24 h", "devices first seen whose id starts like this one's";
     UasPerDevice1h => "uas_per_device_1h", "1 h", "distinct user-agent strings this device sent (a spoofed or replayed device id)";
     UasPerDevice24h => "uas_per_device_24h", "24 h", "distinct user-agent strings this device sent";
     InviterNewInvitees1h => "inviter_new_invitees_1h", "1 h", "brand-new accounts (see signals.new_account_s) that assisted this inviter";

@@ -277,6 +277,9 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
             "must be a dotted version of up to four numbers, like \"3.9.0\"",
         );
     }
+    if sig.device_prefix_len > 32 {
+        p.at(None, "signals.device_prefix_len", "must be at most 32 (0 turns it off)");
+    }
     if !(0.0..=1.0).contains(&sig.just_above_ratio) {
         p.at(None, "signals.just_above_ratio", "must be in [0, 1]");
     }

@@ -69,6 +69,7 @@ pub async fn observe<S: StateStore>(
     windows(&mut f, Feature::SubnetNewUsers1h, &r.new_users[2]);
     windows(&mut f, Feature::UaNewDevices1h, &r.ua_new_devices);
     windows(&mut f, Feature::UasPerDevice1h, &r.uas_per_device);
+    windows(&mut f, Feature::PrefixNewDevices1h, &r.prefix_new_devices);
     let [cluster, cluster_new, cluster_claimed] = r.cluster.map(f64::from);
     f.set(Feature::ClusterAccounts24h, cluster);
     f.set(Feature::ClusterNewAccounts1h, cluster_new);
@@ -133,6 +134,13 @@ pub async fn observe<S: StateStore>(
     Ok(Signals { features: f, limits })
 }
 
+/// The hashed leading `len` bytes of a device id at least twice that long (`None` when
+/// shorter, or `len` is 0: a short id has no prefix worth the name).
+fn device_prefix(hasher: &KeyHasher, device: &str, len: usize) -> Option<u64> {
+    let bytes = device.as_bytes();
+    (len > 0 && bytes.len() >= 2 * len).then(|| hasher.key_of(KeyKind::Device, &(0x9Fu8, &bytes[..len])))
+}
+
 /// Older than the oldest release in use, or not a dotted version at all.
 fn stale(version: &str, signals: &SignalsConfig) -> bool {
     if signals.min_app_version.is_empty() {
@@ -195,6 +203,10 @@ pub fn plan(hasher: &KeyHasher, route: &Route, signals: &SignalsConfig, ids: &Id
         route: route.key,
         keys,
         inviter_as_user: text(KeyKind::User, &ids.inviter),
+        device_prefix: ids
+            .device
+            .as_deref()
+            .and_then(|d| device_prefix(hasher, d, signals.device_prefix_len)),
         browse: !route.scored,
         new_account_ms: signals.new_account_s * 1_000,
         limits,

@@ -644,6 +644,7 @@ fn both_backends_read_out_the_same_on_random_observations() {
             route: keys[KeyKind::Route as usize].unwrap_or(1),
             keys,
             inviter_as_user,
+            device_prefix: keys[KeyKind::Device as usize].map(|d| d % 7),
             browse: rand(5) == 0,
             new_account_ms: 600_000,
             limits,

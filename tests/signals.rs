@@ -473,3 +473,30 @@ fn a_farm_of_invitees_shares_one_network() {
         "both invitees on the last phone assisted"
     );
 }
+
+#[test]
+fn device_ids_from_one_generator_share_a_prefix() {
+    let w = World::new();
+    let mut last = None;
+    for i in 0..6u64 {
+        let (user, device) = (format!("gen-{i}"), format!("5eedc0de{:024x}", i * 7_919));
+        last = Some(w.send(Req::claim(i * 40_000, &user, &device, &format!("198.18.{i}.2"))));
+    }
+    let a = last.unwrap();
+    assert_eq!(f(&a, "prefix_new_devices_1h"), 6.0);
+    assert!(
+        a.score.reasons.contains(&"device_id_generator".to_string()),
+        "{:?}",
+        a.score.reasons
+    );
+    // Fingerprints from the SDK share nothing; short ids have no prefix at all.
+    let b = w.send(Req::claim(
+        300_000,
+        "own",
+        "9f3a77c2e1d04b6a8c5e2f1d0a9b8c7d",
+        "198.18.9.2",
+    ));
+    assert_eq!(f(&b, "prefix_new_devices_1h"), 1.0);
+    let c = w.send(Req::claim(310_000, "short", "5eedc0de12", "198.18.9.3"));
+    assert_eq!(f(&c, "prefix_new_devices_1h"), 0.0);
+}

@@ -15,7 +15,7 @@ use super::window::{DistinctSet, Windows, DISTINCT_CAP};
 use super::{
     combine, fingerprint, KeyKind, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats, COUNTED,
     DISTINCT, DISTINCT_WINDOWS_S, TAG_ASSISTED, TAG_BROWSE, TAG_CLUSTER, TAG_INVITEE_SUBNETS, TAG_NEW_DEVICES,
-    TAG_NEW_INVITEES, TAG_NEW_USERS, TAG_SUBNETS, TAG_UAS,
+    TAG_NEW_INVITEES, TAG_NEW_USERS, TAG_PREFIX_NEW_DEVICES, TAG_SUBNETS, TAG_UAS,
 };
 
 /// Per identity (global across routes): when it was first seen, the timing of its
@@ -153,6 +153,9 @@ impl MemoryState {
             out.subnets_per_device = self.identities.update(combine(device, TAG_SUBNETS), now, |e, _| {
                 e.members.add(fingerprint(subnet), now_s, DISTINCT_WINDOWS_S)
             });
+        }
+        if let Some(prefix) = obs.device_prefix {
+            out.prefix_new_devices = counter(prefix, TAG_PREFIX_NEW_DEVICES, device_new);
         }
         if let Some(ua) = key(KeyKind::UserAgent) {
             out.ua_new_devices = counter(ua, TAG_NEW_DEVICES, device_new);
@@ -378,6 +381,7 @@ mod tests {
             route: h.key(KeyKind::Route, "coupon"),
             keys,
             inviter_as_user: None,
+            device_prefix: None,
             browse: false,
             new_account_ms: 600_000,
             limits: smallvec![],

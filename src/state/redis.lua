@@ -504,11 +504,14 @@ else
   push({0, 0})
 end
 
--- Slots 35-: GCRA cells (governor's algorithm) in microseconds of event time:
+-- Slot 35: new devices per device-id prefix.
+push(derived(35, device_new))
+
+-- Slots 36-: GCRA cells (governor's algorithm) in microseconds of event time:
 -- 0 = allowed, otherwise the wait in ms.
 local now_us = now * 1000
 for i = 1, nlimits do
-  local key = slot[34 + i]
+  local key = slot[35 + i]
   local t = tonumber(ARGV[16 + 2 * i])
   local tau = tonumber(ARGV[17 + 2 * i])
   local tat = tonumber(cache[key]) or now_us

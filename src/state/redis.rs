@@ -40,14 +40,14 @@ use super::memory::{new_cluster_id, MemoryState};
 use super::{
     combine, fingerprint, KeyKind, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats, COUNTED,
     DISTINCT, TAG_ASSISTED, TAG_BROWSE, TAG_CLUSTER, TAG_INVITEE_SUBNETS, TAG_NEW_DEVICES, TAG_NEW_INVITEES,
-    TAG_NEW_USERS, TAG_SUBNETS, TAG_UAS,
+    TAG_NEW_USERS, TAG_PREFIX_NEW_DEVICES, TAG_SUBNETS, TAG_UAS,
 };
 use crate::config::StateConfig;
 
 const SCRIPT: &str = include_str!("redis.lua");
 
 /// Fixed slots of the script before the limit cells (see `redis.lua`).
-const FIXED_SLOTS: usize = 34;
+const FIXED_SLOTS: usize = 35;
 
 /// After a failed call (or `TIMEOUTS_BEFORE_SKIPPING` timeouts in a row), requests
 /// skip Redis for this long and degrade at once, so that an outage costs one failed call
@@ -278,7 +278,9 @@ impl RedisState {
             (Some((inviter, _, _)), Some(_)) => Some(self.key('m', combine(inviter, TAG_INVITEE_SUBNETS))),
             _ => None,
         });
-        // 35-: limit cells.
+        // 35: new devices per device-id prefix.
+        slots.push(derived(obs.device_prefix, TAG_PREFIX_NEW_DEVICES));
+        // 36-: limit cells.
         for l in &obs.limits {
             slots.push(Some(self.key('l', l.key)));
         }
@@ -371,7 +373,7 @@ impl RedisState {
 
 /// The script's flat reply → a `Readout`.
 fn readout(v: &[i64], limits: usize) -> Result<Readout, StateError> {
-    const FIXED: usize = 32 + 16 + 4 + 2 + 6 + 2 + 2 + 2 + 4 + 2 + 3 + 2;
+    const FIXED: usize = 32 + 16 + 4 + 2 + 6 + 2 + 2 + 2 + 4 + 2 + 3 + 2 + 2;
     if v.len() != FIXED + limits {
         return Err(StateError::Unavailable(format!(
             "the state script answered {} values, expected {}",
@@ -411,7 +413,8 @@ fn readout(v: &[i64], limits: usize) -> Result<Readout, StateError> {
     r.uas_per_device = pair(i);
     r.cluster = [n(i + 2), n(i + 3), n(i + 4)];
     r.inviter_invitee_subnets = pair(i + 5);
-    i += 7;
+    r.prefix_new_devices = pair(i + 7);
+    i += 9;
     r.limits = v[i..]
         .iter()
         .map(|ms| match *ms {
@@ -463,7 +466,7 @@ mod tests {
 
     #[test]
     fn readout_layout_round_trips() {
-        let mut v: Vec<i64> = (0..77).collect();
+        let mut v: Vec<i64> = (0..79).collect();
         v[48] = -1; // no account
         v.push(0);
         v.push(1_500);
@@ -471,6 +474,7 @@ mod tests {
         assert_eq!(r.uas_per_device, [70, 71]);
         assert_eq!(r.cluster, [72, 73, 74]);
         assert_eq!(r.inviter_invitee_subnets, [75, 76]);
+        assert_eq!(r.prefix_new_devices, [77, 78]);
         assert_eq!(r.counts[0], [0, 1, 2, 3]);
         assert_eq!(r.counts[7], [28, 29, 30, 31]);
         assert_eq!(r.distinct[0], [32, 33]);
