@@ -86,7 +86,7 @@ features! {
     SubnetsPerDevice1h => "subnets_per_device_1h", "1 h", "distinct /24 or /64 networks this device came from (IP rotation)";
     SubnetsPerDevice24h => "subnets_per_device_24h", "24 h", "distinct /24 or /64 networks this device came from";
     LinkedAccounts24h => "linked_accounts_24h", "24 h", "accounts sharing this request's device, phone, payment account or address (the largest)";
-    ClusterAccounts24h => "cluster_accounts_24h", "24 h", "accounts in this account's cluster: linked through shared devices, phones, payment accounts and addresses, any number of hops";
+    ClusterAccounts24h => "cluster_accounts_24h", "24 h", "accounts in this account's cluster: linked through shared devices, phones and payment accounts, any number of hops";
     ClusterNewAccounts1h => "cluster_new_accounts_1h", "1 h", "accounts of the cluster that joined it brand new (first seen under an hour before) in the last hour";
     ClusterNewShare1h => "cluster_new_share_1h", "1 h", "cluster_new_accounts_1h / cluster_accounts_24h (0-1): a cluster that appeared at once";
     ClusterClaimed24h => "cluster_claimed_24h", "24 h", "accounts of the cluster that made their first request on this route for this campaign (this one included)";

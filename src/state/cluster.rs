@@ -1,10 +1,10 @@
 //! Account clusters: a union-find over the association graph (accounts joined by a
-//! shared device, phone, payment account or address), kept incrementally.
+//! shared device, phone or payment account), kept incrementally.
 //!
 //! Every graph node (an account or one of its linking identities) points at a cluster;
 //! a request unions the clusters of its nodes, so a device farm, a crew paying from one
 //! account or a family on one phone becomes one cluster, whatever the order the links
-//! appear in. The cost is constant per request: at most five nodes, at most
+//! appear in. The cost is constant per request: at most four nodes, at most
 //! `MAX_HOPS` forwarding pointers followed from each. Nothing is ever recomputed
 //! globally; instead clusters decay: one older than `CLUSTER_LIFE_MS` is treated as
 //! gone and its members re-form a fresh one as they come back, so a cluster counts what

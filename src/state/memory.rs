@@ -209,7 +209,8 @@ impl MemoryState {
     }
 
     /// The account's cluster: unions the clusters of the request's account and of the
-    /// identities that link accounts (device, phone, payment account, address).
+    /// identities that link accounts (device, phone, payment account). Addresses do not:
+    /// one office or one parcel locker receives many unrelated people's orders.
     fn cluster(&self, obs: &Observation, out: &Readout) -> [u32; 3] {
         let step = cluster_step(obs, out, |k| self.pointers.peek(k, |p| *p).unwrap_or(0));
         cluster::step(&self.pointers, &self.clusters, &step, obs.ts_ms)
@@ -266,25 +267,14 @@ impl StateStore for MemoryState {
 }
 
 /// Readout index of each identity that links accounts in the cluster graph.
-const LINKS: [(KeyKind, usize); 4] = [
-    (KeyKind::Device, 0),
-    (KeyKind::Phone, 4),
-    (KeyKind::PayAccount, 6),
-    (KeyKind::Address, 7),
-];
+const LINKS: [(KeyKind, usize); 3] = [(KeyKind::Device, 0), (KeyKind::Phone, 4), (KeyKind::PayAccount, 6)];
 
 /// The id of a cluster this request would form: from its first graph node and its time.
 pub(crate) fn new_cluster_id(obs: &Observation) -> u64 {
-    let creator = [
-        KeyKind::User,
-        KeyKind::Device,
-        KeyKind::Phone,
-        KeyKind::PayAccount,
-        KeyKind::Address,
-    ]
-    .into_iter()
-    .find_map(|kind| obs.keys[kind as usize])
-    .unwrap_or(0);
+    let creator = [KeyKind::User, KeyKind::Device, KeyKind::Phone, KeyKind::PayAccount]
+        .into_iter()
+        .find_map(|kind| obs.keys[kind as usize])
+        .unwrap_or(0);
     combine(combine(creator, TAG_CLUSTER), obs.ts_ms) | 1
 }
 

@@ -322,8 +322,8 @@ else
   push({0, 0})
 end
 
--- Slots 29-33: cluster pointers of the account, device, phone, payment account and
--- address; the clusters themselves live under `prefix .. 'c:' .. id` (cluster.rs: a
+-- Slots 29-32: cluster pointers of the account, device, phone and payment account;
+-- the clusters themselves live under `prefix .. 'c:' .. id` (cluster.rs: a
 -- union-find whose clusters decay a day after they formed).
 local CLUSTER_LIFE_MS = 86400000
 local HOUR_MS = 3600000
@@ -400,7 +400,7 @@ local nodes = {}
 if slot[29] then
   nodes[#nodes + 1] = {slot[29], nil}
 end
-for j, r in ipairs({1, 5, 7, 8}) do
+for j, r in ipairs({1, 5, 7}) do
   local s = slot[29 + j]
   if s and day_members[r] < CAP then
     nodes[#nodes + 1] = {s, r}
@@ -497,21 +497,21 @@ else
   push({w.accounts, joins, claimed})
 end
 
--- Slot 34: the subnets the inviter's invitees assisted from.
-if slot[34] then
-  push(add(slot[34], subnet_fp))
+-- Slot 33: the subnets the inviter's invitees assisted from.
+if slot[33] then
+  push(add(slot[33], subnet_fp))
 else
   push({0, 0})
 end
 
--- Slot 35: new devices per device-id prefix.
-push(derived(35, device_new))
+-- Slot 34: new devices per device-id prefix.
+push(derived(34, device_new))
 
--- Slots 36-: GCRA cells (governor's algorithm) in microseconds of event time:
+-- Slots 35-: GCRA cells (governor's algorithm) in microseconds of event time:
 -- 0 = allowed, otherwise the wait in ms.
 local now_us = now * 1000
 for i = 1, nlimits do
-  local key = slot[35 + i]
+  local key = slot[34 + i]
   local t = tonumber(ARGV[16 + 2 * i])
   local tau = tonumber(ARGV[17 + 2 * i])
   local tat = tonumber(cache[key]) or now_us

@@ -47,7 +47,7 @@ use crate::config::StateConfig;
 const SCRIPT: &str = include_str!("redis.lua");
 
 /// Fixed slots of the script before the limit cells (see `redis.lua`).
-const FIXED_SLOTS: usize = 35;
+const FIXED_SLOTS: usize = 34;
 
 /// After a failed call (or `TIMEOUTS_BEFORE_SKIPPING` timeouts in a row), requests
 /// skip Redis for this long and degrade at once, so that an outage costs one failed call
@@ -258,29 +258,23 @@ impl RedisState {
         slots.push(referral.map(|(inviter, _, _)| self.key('w', combine(inviter, TAG_NEW_INVITEES))));
         slots.push(referral.map(|(_, inviter_user, _)| self.key('m', combine(inviter_user, TAG_ASSISTED))));
         slots.push(referral.map(|(_, _, user)| self.key('m', combine(user, TAG_ASSISTED))));
-        // 28: the device's user agents; 29-33: the cluster pointers of the account,
-        // device, phone, payment account and address (`cluster.rs`).
+        // 28: the device's user agents; 29-32: the cluster pointers of the account,
+        // device, phone and payment account (`cluster.rs`).
         slots.push(match (key(KeyKind::Device), key(KeyKind::UserAgent)) {
             (Some(device), Some(_)) => Some(self.key('m', combine(device, TAG_UAS))),
             _ => None,
         });
-        for kind in [
-            KeyKind::User,
-            KeyKind::Device,
-            KeyKind::Phone,
-            KeyKind::PayAccount,
-            KeyKind::Address,
-        ] {
+        for kind in [KeyKind::User, KeyKind::Device, KeyKind::Phone, KeyKind::PayAccount] {
             slots.push(key(kind).map(|k| self.key('p', combine(k, TAG_CLUSTER))));
         }
-        // 34: the subnets the inviter's invitees came from.
+        // 33: the subnets the inviter's invitees came from.
         slots.push(match (referral, key(KeyKind::Subnet)) {
             (Some((inviter, _, _)), Some(_)) => Some(self.key('m', combine(inviter, TAG_INVITEE_SUBNETS))),
             _ => None,
         });
-        // 35: new devices per device-id prefix.
+        // 34: new devices per device-id prefix.
         slots.push(derived(obs.device_prefix, TAG_PREFIX_NEW_DEVICES));
-        // 36-: limit cells.
+        // 35-: limit cells.
         for l in &obs.limits {
             slots.push(Some(self.key('l', l.key)));
         }
