@@ -108,7 +108,7 @@ pub struct ClusterStep {
     pub new_id: u64,
     /// The request's graph nodes: (pointer key, the cluster it points at or 0), the
     /// account first when there is one.
-    pub nodes: smallvec::SmallVec<[(u64, u64); 5]>,
+    pub nodes: smallvec::SmallVec<[(u64, u64); 4]>,
     /// Whether `nodes[0]` is the account.
     pub has_account: bool,
     /// The account is brand new (first seen under an hour ago).
@@ -152,7 +152,7 @@ pub fn step(
     if s.nodes.is_empty() {
         return [0; 3];
     }
-    let mut roots: smallvec::SmallVec<[(u64, ClusterEntry); 5]> = smallvec::SmallVec::new();
+    let mut roots: smallvec::SmallVec<[(u64, ClusterEntry); 4]> = smallvec::SmallVec::new();
     let mut account_joins = s.has_account;
     for (i, (_, pointer)) in s.nodes.iter().enumerate() {
         let root = find(clusters, *pointer, now_ms);

@@ -278,8 +278,8 @@ pub(crate) fn new_cluster_id(obs: &Observation) -> u64 {
     combine(combine(creator, TAG_CLUSTER), obs.ts_ms) | 1
 }
 
-/// The cluster step of one request (`redis.lua` does the same in the script).
-pub(crate) fn cluster_step(obs: &Observation, out: &Readout, mut pointer: impl FnMut(u64) -> u64) -> ClusterStep {
+/// The cluster step of one request (`redis.lua` does the same inside the script).
+fn cluster_step(obs: &Observation, out: &Readout, mut pointer: impl FnMut(u64) -> u64) -> ClusterStep {
     let key = |kind: KeyKind| obs.keys[kind as usize];
     let mut step = ClusterStep::default();
     let user = key(KeyKind::User);
