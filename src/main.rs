@@ -99,6 +99,49 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Train {
+            input,
+            labels,
+            out,
+            config,
+            seed,
+            train_share,
+            max_train_rows,
+            trees,
+            max_depth,
+            unlabelled_legit,
+            quiet,
+        } => {
+            anyhow::ensure!(
+                train_share > 0.0 && train_share < 1.0,
+                "--train-share must be between 0 and 1"
+            );
+            anyhow::ensure!(max_train_rows >= 100, "--max-train-rows must be at least 100");
+            anyhow::ensure!(trees > 0 && max_depth > 0, "--trees and --max-depth must be above 0");
+            let opts = riskgate::train::Options {
+                inputs: input,
+                labels,
+                config,
+                out,
+                seed,
+                train_share,
+                max_train_rows,
+                trees,
+                max_depth,
+                unlabelled_legit,
+                progress: !quiet,
+            };
+            let outcome = riskgate::train::run(&opts)?;
+            eprintln!(
+                "trained {} in {:.1} s: test PR-AUC {:.4}, ROC-AUC {:.4}, recall at 0.5% FPR {:.4}",
+                outcome.chosen,
+                outcome.seconds,
+                outcome.test[outcome.chosen].pr_auc,
+                outcome.test[outcome.chosen].roc_auc,
+                outcome.test[outcome.chosen].recall_at_fpr_0_5pct
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo {
             duration,
             seed,

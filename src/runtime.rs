@@ -199,6 +199,12 @@ impl Problems<'_> {
 /// Reads, parses and validates a config file and the list files it names.
 /// Synchronous file I/O: call it at start-up or from a blocking task.
 pub fn load(path: &Path, hasher: &KeyHasher) -> Result<Runtime, ConfigError> {
+    load_config(path, hasher)
+}
+
+/// `load` without the model: what training needs (features never depend on the model,
+/// and the model file may be the one being replaced).
+pub fn load_config(path: &Path, hasher: &KeyHasher) -> Result<Runtime, ConfigError> {
     let fingerprint = Fingerprint::read(path);
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
