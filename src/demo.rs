@@ -59,11 +59,18 @@ pub async fn stub_backend() -> anyhow::Result<SocketAddr> {
 /// Runs the demo and returns the final tally (by label kind, from the HTTP answers).
 pub async fn run(opts: &Options) -> anyhow::Result<Tally> {
     let dir = tempfile_dir()?;
-    let config_path = dir.join("riskgate.toml");
+    // The repository's layout, so that the config's relative model path holds.
+    let config_dir = dir.join("config");
+    let config_path = config_dir.join("riskgate.toml");
+    std::fs::create_dir_all(config_dir.join("lists"))?;
+    std::fs::create_dir_all(dir.join("models"))?;
     std::fs::write(&config_path, crate::config::DEFAULT_TOML)?;
-    std::fs::create_dir_all(dir.join("lists"))?;
+    std::fs::write(
+        dir.join("models").join("riskgate-default.model.json"),
+        crate::config::DEFAULT_MODEL,
+    )?;
     for list in ["blocked_devices.txt", "blocked_ips.txt", "allowed_users.txt"] {
-        std::fs::write(dir.join("lists").join(list), "")?;
+        std::fs::write(config_dir.join("lists").join(list), "")?;
     }
     let backend = stub_backend().await?;
     let overrides = Overrides {

@@ -24,6 +24,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CheckConfig { file } => match riskgate::runtime::load(&file, &KeyHasher::seeded(0)) {
             Ok(rt) => {
+                if let Some(error) = rt.model.as_ref().and_then(|m| m.error.as_ref()) {
+                    print!("{}", rt.summary());
+                    eprintln!("{}: the model file is refused: {error}", file.display());
+                    return Ok(ExitCode::from(1));
+                }
                 println!("{}: ok", file.display());
                 print!("{}", rt.summary());
                 Ok(ExitCode::SUCCESS)

@@ -19,6 +19,7 @@ use crate::decide::{Decision, Policy};
 use crate::expr::Expr;
 use crate::extract::{IdentitySpec, Source};
 use crate::features;
+use crate::model::Model;
 use crate::state::{KeyHasher, KeyKind};
 
 /// Everything the request path needs from config, compiled.
@@ -41,9 +42,31 @@ pub struct Runtime {
     pub lists: Vec<List>,
     pub responses: Responses,
     pub default_upstream: Option<Arc<Upstream>>,
-    /// Files whose change triggers a reload (the config and every list file), with
-    /// their fingerprints from just before they were read.
+    /// Files whose change triggers a reload (the config, every list file and the model
+    /// file), with their fingerprints from just before they were read.
     pub watched: Vec<(PathBuf, Fingerprint)>,
+    /// `[model]`: the classifier and how it joins the rules; `None` = rules only.
+    pub model: Option<ModelSlot>,
+}
+
+/// The `[model]` section compiled, with its model file loaded or the reason it was not.
+#[derive(Debug)]
+pub struct ModelSlot {
+    pub path: PathBuf,
+    pub mode: config::ModelMode,
+    pub combine: config::Combine,
+    pub weight: f64,
+    pub min_score: f64,
+    pub reason_threshold: f64,
+    pub top_features: usize,
+    /// The model that scores requests; `None` while no file could be loaded.
+    pub loaded: Option<Arc<Model>>,
+    /// Why the model file on disk was refused (the loaded model, if any, is older).
+    pub error: Option<String>,
+    /// Of the file as it was when last read.
+    pub fingerprint: Fingerprint,
+    /// The file was read by this load (false: the previous runtime's model was reused).
+    pub fresh: bool,
 }
 
 #[derive(Debug)]
@@ -90,6 +113,8 @@ pub struct Route {
     /// How long this route waits for a remote state backend, when it overrides
     /// `state.timeout_ms`.
     pub state_timeout_ms: Option<u64>,
+    /// Whether the model scores this route (`off` when there is no `[model]`).
+    pub model: config::ModelMode,
 }
 
 #[derive(Debug)]
@@ -199,7 +224,37 @@ impl Problems<'_> {
 /// Reads, parses and validates a config file and the list files it names.
 /// Synchronous file I/O: call it at start-up or from a blocking task.
 pub fn load(path: &Path, hasher: &KeyHasher) -> Result<Runtime, ConfigError> {
-    load_config(path, hasher)
+    load_reusing(path, hasher, None)
+}
+
+/// `load`, reusing `previous`'s model when its file has not changed (a reload caused by
+/// a list file does not parse the model again). A model file that cannot be loaded is
+/// not a config error: the runtime comes back with `model.error` set and no model, and
+/// the caller decides (serve keeps the previous model, replay and check-config fail).
+pub fn load_reusing(path: &Path, hasher: &KeyHasher, previous: Option<&Runtime>) -> Result<Runtime, ConfigError> {
+    let mut rt = load_config(path, hasher)?;
+    if let Some(slot) = rt.model.as_mut() {
+        let fingerprint = Fingerprint::read(&slot.path);
+        let unchanged = previous
+            .and_then(|p| p.model.as_ref())
+            .filter(|old| old.path == slot.path && old.fingerprint == fingerprint && fingerprint.0.is_some());
+        match unchanged {
+            Some(old) => {
+                slot.loaded = old.loaded.clone();
+                slot.error = old.error.clone();
+            }
+            None => {
+                slot.fresh = true;
+                match Model::load(&slot.path) {
+                    Ok(m) => slot.loaded = Some(Arc::new(m)),
+                    Err(e) => slot.error = Some(e.to_string()),
+                }
+            }
+        }
+        slot.fingerprint = fingerprint.clone();
+        rt.watched.push((slot.path.clone(), fingerprint));
+    }
+    Ok(rt)
 }
 
 /// `load` without the model: what training needs (features never depend on the model,
@@ -396,6 +451,41 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
         }
     }
 
+    let model = file.model.as_ref().map(|mc| {
+        if mc.path.get_ref().as_os_str().is_empty() {
+            p.at(Some(mc.path.span()), "model.path", "must name the model file");
+        }
+        if !(mc.weight > 0.0 && mc.weight <= 1.0) {
+            p.at(None, "model.weight", format!("{} must be in (0, 1]", mc.weight));
+        }
+        if !(0.0..=1.0).contains(&mc.min_score) {
+            p.at(None, "model.min_score", format!("{} must be in [0, 1]", mc.min_score));
+        }
+        if !(0.0..=1.0).contains(&mc.reason_threshold) {
+            p.at(
+                None,
+                "model.reason_threshold",
+                format!("{} must be in [0, 1]", mc.reason_threshold),
+            );
+        }
+        if mc.top_features > 10 {
+            p.at(None, "model.top_features", "must be at most 10");
+        }
+        ModelSlot {
+            path: base_dir.join(mc.path.get_ref()),
+            mode: mc.mode,
+            combine: mc.combine,
+            weight: mc.weight,
+            min_score: mc.min_score,
+            reason_threshold: mc.reason_threshold,
+            top_features: mc.top_features,
+            loaded: None,
+            error: None,
+            fingerprint: Fingerprint(None),
+            fresh: false,
+        }
+    });
+
     let mut routes: Vec<Route> = Vec::new();
     let mut exact: HashMap<Method, HashMap<String, usize>> = HashMap::new();
     let mut prefixes = Vec::new();
@@ -477,6 +567,21 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
                 "must be above 0 milliseconds",
             );
         }
+        let route_model = match (&rc.model, &model) {
+            (Some(m), Some(_)) => *m.get_ref(),
+            (None, Some(slot)) => slot.mode,
+            (Some(m), None) => {
+                if *m.get_ref() != config::ModelMode::Off {
+                    p.at(
+                        Some(m.span()),
+                        format!("{key}.model"),
+                        "there is no [model] section to take the model from",
+                    );
+                }
+                config::ModelMode::Off
+            }
+            (None, None) => config::ModelMode::Off,
+        };
         let identity = merge_identity(&file.identity, &rc.identity);
         let route_key = hasher.key(KeyKind::Route, &name);
         let mut limits = Vec::new();
@@ -575,6 +680,11 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
             scored: rc.action != Action::Browse,
             on_state_error: rc.on_state_error.unwrap_or(file.state.on_error),
             state_timeout_ms: rc.state_timeout_ms,
+            model: if rc.action == Action::Browse {
+                config::ModelMode::Off
+            } else {
+                route_model
+            },
         });
     }
     for (i, r) in file.rules.iter().enumerate() {
@@ -649,6 +759,7 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
         responses,
         default_upstream,
         watched,
+        model,
     })
 }
 
@@ -677,6 +788,19 @@ impl Runtime {
         }
         self.default_upstream = Some(up);
         Ok(())
+    }
+
+    /// After a reload whose model file was refused: keep serving `previous`'s model (the
+    /// error stays recorded). Returns whether an older model was kept.
+    pub fn keep_previous_model(&mut self, previous: &Runtime) -> bool {
+        let (Some(slot), Some(old)) = (self.model.as_mut(), previous.model.as_ref()) else {
+            return false;
+        };
+        if slot.error.is_none() || slot.loaded.is_some() || old.loaded.is_none() {
+            return false;
+        }
+        slot.loaded = old.loaded.clone();
+        true
     }
 
     /// Puts every route in shadow mode (the `--shadow` flag).
@@ -746,6 +870,38 @@ impl Runtime {
                     l.burst,
                     l.decision.as_str(),
                     if l.shadow { " (shadow)" } else { "" }
+                );
+            }
+        }
+        match &self.model {
+            None => {
+                let _ = writeln!(s, "model: none (rules only)");
+            }
+            Some(m) => {
+                let state = match (&m.loaded, &m.error) {
+                    (_, Some(e)) => format!("NOT LOADED: {e}"),
+                    (Some(model), None) => format!(
+                        "{} {} ({})",
+                        model.kind, model.id, model.feature_set_version
+                    ),
+                    (None, None) => "not loaded".to_string(),
+                };
+                let routes: Vec<String> = self
+                    .routes
+                    .iter()
+                    .filter(|r| r.model != config::ModelMode::Off)
+                    .map(|r| format!("{} ({})", r.name, r.model.as_str()))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "model: {}  {state}\n      combine {} weight {} counted from {}  reasons at >= {} (top {})  routes: {}",
+                    m.path.display(),
+                    m.combine.as_str(),
+                    m.weight,
+                    m.min_score,
+                    m.reason_threshold,
+                    m.top_features,
+                    routes.join(", ")
                 );
             }
         }

@@ -124,7 +124,12 @@ impl ConfigDir {
     /// The shipped default config and its lists.
     pub fn default_config() -> ConfigDir {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        let c = ConfigDir::new(&std::fs::read_to_string(root.join("riskgate.toml")).unwrap());
+        // The model path is relative to the config file; the copy lives elsewhere.
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let text = std::fs::read_to_string(root.join("riskgate.toml"))
+            .unwrap()
+            .replace("\"../models/", &format!("\"{}/", models.display()));
+        let c = ConfigDir::new(&text);
         for entry in std::fs::read_dir(root.join("lists")).unwrap() {
             let entry = entry.unwrap();
             std::fs::copy(entry.path(), c.dir.path().join("lists").join(entry.file_name())).unwrap();
