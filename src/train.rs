@@ -406,6 +406,14 @@ fn fit(opts: &Options, rows: &[Row], started: Instant) -> anyhow::Result<ModelFi
         s.test.len(),
         s.excluded
     );
+    let both = |idx: &[usize]| idx.iter().any(|&i| rows[i].fraud) && idx.iter().any(|&i| !rows[i].fraud);
+    anyhow::ensure!(
+        both(&s.calibration),
+        "after the split, the calibration slice needs fraud and legitimate requests of actors not seen in training \
+         (it has {} requests, {} fraud): give more traffic, or a lower --train-share",
+        s.calibration.len(),
+        s.calibration.iter().filter(|&&i| rows[i].fraud).count()
+    );
     let y: Vec<u32> = train.iter().map(|&i| u32::from(rows[i].fraud)).collect();
     anyhow::ensure!(
         y.contains(&0) && y.contains(&1),
