@@ -424,3 +424,46 @@ async fn hot_swapping_the_model_under_load_loses_no_request() {
     assert_eq!(metric(&m, r#"riskgate_model_reloads_total{outcome="failure"}"#), Some(0.0));
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_shipped_model_stops_a_farm_sooner_than_the_rules_alone_and_says_why() {
+    let c = client();
+    let mut outcomes = Vec::new();
+    for cfg in [ConfigDir::default_rules_only(), ConfigDir::default_config()] {
+        let up = Upstream::start(Duration::ZERO).await;
+        let gw = gateway(&cfg, &up.url(), false).await;
+        let mut statuses = Vec::new();
+        for user in ["farm-1", "farm-2", "farm-3", "farm-4", "farm-5"] {
+            browse(&c, gw.addr, user, "farm-phone").await;
+            statuses.push(claim(&c, gw.addr, user, "farm-phone", &[]).await.status.as_u16());
+        }
+        let m = metrics(&c, gw.admin_addr).await;
+        outcomes.push((statuses, metric(&m, "riskgate_model_required")));
+        gw.shutdown().await;
+        if outcomes.len() == 2 {
+            let audit = std::fs::read_to_string(cfg.dir.path().join("riskgate-audit.jsonl")).unwrap();
+            let claims: Vec<serde_json::Value> = audit
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter(|r| r["route"] == "coupon_claim")
+                .collect();
+            assert!(claims.iter().all(|r| r["model_score"].is_number()), "{claims:?}");
+            let stopped: Vec<_> = claims.iter().filter(|r| r["decision"] == "block").collect();
+            assert!(!stopped.is_empty());
+            for r in stopped {
+                let reasons = r["reasons"].as_array().unwrap();
+                assert!(
+                    reasons.iter().any(|x| x.as_str().is_some_and(|x| x.starts_with("model:"))),
+                    "a model block names its features: {r}"
+                );
+            }
+        }
+    }
+    let (rules, model) = (&outcomes[0], &outcomes[1]);
+    assert_eq!(rules.0, [200, 200, 200, 403, 403], "rules alone: device_many_accounts from the fourth");
+    assert_eq!(rules.1, Some(0.0), "mode = off everywhere asks for no model");
+    assert_eq!(model.1, Some(1.0));
+    let first_stop = |s: &[u16]| s.iter().position(|x| *x != 200).unwrap();
+    assert!(first_stop(&model.0) < first_stop(&rules.0), "{:?} vs {:?}", model.0, rules.0);
+    assert!(model.0.iter().skip(first_stop(&model.0)).all(|s| *s == 403), "{:?}", model.0);
+}

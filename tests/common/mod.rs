@@ -137,6 +137,19 @@ impl ConfigDir {
         c
     }
 
+    /// The shipped default config with its trained model switched off (`[model] mode =
+    /// "off"`): for tests of what the rules, limits and lists do on their own.
+    pub fn default_rules_only() -> ConfigDir {
+        let c = ConfigDir::default_config();
+        let text = std::fs::read_to_string(c.path()).unwrap();
+        let at = text.find("\n[model]\n").expect("the default config has a [model] section");
+        let (head, tail) = text.split_at(at);
+        let off = tail.replacen("\nmode = \"enforce\"", "\nmode = \"off\"", 1);
+        assert_ne!(off, tail);
+        c.write("riskgate.toml", &format!("{head}{off}"));
+        c
+    }
+
     pub fn path(&self) -> PathBuf {
         self.dir.path().join("riskgate.toml")
     }
