@@ -20,7 +20,9 @@ fn bench(c: &mut Criterion) {
     let hasher = KeyHasher::seeded(1);
     let rt = runtime::load_config(Path::new("config/riskgate.toml"), &hasher).unwrap();
     let state = MemoryState::new(256 << 20, 90_000_000);
-    let scenario = simulate::Scenario::load("small").unwrap();
+    // The default scenario (another seed than the shipped model's): enough rows for a
+    // smartcore forest the size of the shipped one.
+    let scenario = simulate::Scenario::load("default").unwrap();
     let mut rows: Vec<(Features, u32)> = Vec::new();
     for e in simulate::generate(&scenario, 11, 1_762_819_200_000) {
         let Some(a) = ready(pipeline::assess(&rt, &state, &hasher, &e)) else {
@@ -50,8 +52,9 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    // smartcore's forest with the training defaults, predicting one row at a time as
-    // the request path would have to.
+    // smartcore's forest with the training defaults (40 trees, depth 12, on ~70k rows
+    // like the shipped model's 60k), predicting one row at a time as the request path
+    // would have to.
     let values: Vec<f64> = rows.iter().flat_map(|(f, _)| f.as_slice().iter().copied()).collect();
     let x = DenseMatrix::new(rows.len(), COUNT, values, false).unwrap();
     let y: Vec<u32> = rows.iter().map(|(_, l)| *l).collect();
