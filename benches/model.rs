@@ -65,13 +65,16 @@ fn bench(c: &mut Criterion) {
         .with_seed(1);
     let rf: RandomForestClassifier<f64, u32, DenseMatrix<f64>, Vec<u32>> =
         RandomForestClassifier::fit(&x, &y, params).unwrap();
-    g.bench_function("smartcore RandomForestClassifier::predict (1-row DenseMatrix, 40 trees)", |b| {
-        b.iter(|| {
-            n = (n + 1) % rows.len();
-            let row = DenseMatrix::new(1, COUNT, rows[n].0.as_slice().to_vec(), false).unwrap();
-            black_box(rf.predict(&row).unwrap())
-        })
-    });
+    g.bench_function(
+        "smartcore RandomForestClassifier::predict (1-row DenseMatrix, 40 trees)",
+        |b| {
+            b.iter(|| {
+                n = (n + 1) % rows.len();
+                let row = DenseMatrix::new(1, COUNT, rows[n].0.as_slice().to_vec(), false).unwrap();
+                black_box(rf.predict(&row).unwrap())
+            })
+        },
+    );
     g.finish();
 }
 

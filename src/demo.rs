@@ -234,7 +234,10 @@ fn demo_config(default: &str) -> String {
         return default.to_string();
     };
     let (head, tail) = default.split_at(at);
-    format!("{head}{}", tail.replacen("\nmode = \"enforce\"", "\nmode = \"shadow\"", 1))
+    format!(
+        "{head}{}",
+        tail.replacen("\nmode = \"enforce\"", "\nmode = \"shadow\"", 1)
+    )
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
@@ -250,7 +253,10 @@ mod tests {
         let text = super::demo_config(crate::config::DEFAULT_TOML);
         let model = &text[text.find("\n[model]\n").unwrap()..];
         assert!(model.contains("\nmode = \"shadow\""), "{model}");
-        assert!(text.contains("\nmode = \"enforce\"\n"), "server and routes keep their mode");
+        assert!(
+            text.contains("\nmode = \"enforce\"\n"),
+            "server and routes keep their mode"
+        );
         assert_eq!(text.matches("\nmode = \"shadow\"").count(), 1);
     }
 }

@@ -130,17 +130,19 @@ struct Node {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Compiled {
-    Linear {
-        /// In compiled feature order.
-        mean: [f64; COUNT],
-        scale: [f64; COUNT],
-        coef: [f64; COUNT],
-        intercept: f64,
-    },
-    Forest {
-        nodes: Vec<Node>,
-        roots: Vec<u32>,
-    },
+    Linear(Box<Linear>),
+    Forest { nodes: Vec<Node>, roots: Vec<u32> },
+}
+
+/// A logistic regression with the standardization folded in: log-odds =
+/// `bias + Σ weight × t(x)`, and a feature's contribution `weight × (t(x) − mean)`.
+#[derive(Debug, Clone, PartialEq)]
+struct Linear {
+    /// In compiled feature order: coef / scale.
+    weight: [f64; COUNT],
+    mean: [f64; COUNT],
+    /// intercept − Σ weight × mean.
+    bias: f64,
 }
 
 /// A loaded model, ready for the request path.
@@ -208,18 +210,17 @@ impl Model {
                 if !all_finite || scale.iter().any(|s| *s <= 0.0) {
                     return Err(invalid("non-finite parameter or non-positive scale".into()));
                 }
-                let (mut m, mut s, mut c) = ([0.0; COUNT], [1.0; COUNT], [0.0; COUNT]);
+                let mut linear = Box::new(Linear {
+                    weight: [0.0; COUNT],
+                    mean: [0.0; COUNT],
+                    bias: *intercept,
+                });
                 for (i, &to) in map.iter().enumerate() {
-                    m[to] = mean[i];
-                    s[to] = scale[i];
-                    c[to] = coef[i];
+                    linear.weight[to] = coef[i] / scale[i];
+                    linear.mean[to] = mean[i];
+                    linear.bias -= linear.weight[to] * mean[i];
                 }
-                Compiled::Linear {
-                    mean: m,
-                    scale: s,
-                    coef: c,
-                    intercept: *intercept,
-                }
+                Compiled::Linear(linear)
             }
             Classifier::RandomForest { trees } => {
                 if trees.is_empty() {
@@ -229,7 +230,12 @@ impl Model {
                 let mut roots = Vec::with_capacity(trees.len());
                 for (t, tree) in trees.iter().enumerate() {
                     let n = tree.feature.len();
-                    let same = [tree.threshold.len(), tree.left.len(), tree.right.len(), tree.value.len()];
+                    let same = [
+                        tree.threshold.len(),
+                        tree.left.len(),
+                        tree.right.len(),
+                        tree.value.len(),
+                    ];
                     if n == 0 || same.iter().any(|l| *l != n) {
                         return Err(invalid(format!("tree {t}: arrays of different lengths")));
                     }
@@ -268,7 +274,7 @@ impl Model {
         }
         Ok(Model {
             kind: match compiled {
-                Compiled::Linear { .. } => "logistic_regression",
+                Compiled::Linear(_) => "logistic_regression",
                 Compiled::Forest { .. } => "random_forest",
             },
             compiled,
@@ -282,18 +288,7 @@ impl Model {
     pub fn raw(&self, f: &Features) -> f64 {
         let x = f.as_slice();
         match &self.compiled {
-            Compiled::Linear {
-                mean,
-                scale,
-                coef,
-                intercept,
-            } => {
-                let mut z = *intercept;
-                for i in 0..COUNT {
-                    z += coef[i] * (squash(x[i]) - mean[i]) / scale[i];
-                }
-                z
-            }
+            Compiled::Linear(l) => l.bias + l.weight.iter().zip(x).map(|(w, v)| w * squash(*v)).sum::<f64>(),
             Compiled::Forest { nodes, roots } => {
                 let mut sum = 0.0;
                 for &root in roots {
@@ -323,9 +318,9 @@ impl Model {
         let x = f.as_slice();
         let mut out = [0.0; COUNT];
         match &self.compiled {
-            Compiled::Linear { mean, scale, coef, .. } => {
-                for i in 0..COUNT {
-                    out[i] = coef[i] * (squash(x[i]) - mean[i]) / scale[i];
+            Compiled::Linear(l) => {
+                for (o, ((w, m), v)) in out.iter_mut().zip(l.weight.iter().zip(&l.mean).zip(x)) {
+                    *o = w * (squash(*v) - m);
                 }
             }
             Compiled::Forest { nodes, roots } => {
@@ -333,7 +328,11 @@ impl Model {
                     let mut i = root as usize;
                     while nodes[i].left != 0 {
                         let n = nodes[i];
-                        let next = if x[n.feature as usize] <= n.threshold { n.left } else { n.right } as usize;
+                        let next = if x[n.feature as usize] <= n.threshold {
+                            n.left
+                        } else {
+                            n.right
+                        } as usize;
                         out[n.feature as usize] += f64::from(nodes[next].value) - f64::from(n.value);
                         i = next;
                     }
@@ -371,7 +370,11 @@ fn leaf_of(nodes: &[Node], root: u32, x: &[f64]) -> usize {
         if n.left == 0 {
             return i;
         }
-        i = if x[n.feature as usize] <= n.threshold { n.left } else { n.right } as usize;
+        i = if x[n.feature as usize] <= n.threshold {
+            n.left
+        } else {
+            n.right
+        } as usize;
     }
 }
 
@@ -391,11 +394,7 @@ fn feature_map(names: &[String], version: &str, origin: &str) -> Result<Vec<usiz
         .filter(|n| !compiled.contains(n))
         .collect();
     let mut seen = std::collections::HashSet::new();
-    let duplicated: Vec<&str> = names
-        .iter()
-        .map(String::as_str)
-        .filter(|n| !seen.insert(*n))
-        .collect();
+    let duplicated: Vec<&str> = names.iter().map(String::as_str).filter(|n| !seen.insert(*n)).collect();
     if missing.is_empty() && unknown.is_empty() && duplicated.is_empty() && version == FEATURE_SET_VERSION {
         return Ok(names.iter().filter_map(|n| features::index_of(n)).collect());
     }
@@ -408,10 +407,16 @@ fn feature_map(names: &[String], version: &str, origin: &str) -> Result<Vec<usiz
         s
     };
     if !unknown.is_empty() {
-        detail.push_str(&format!("; the model reads features this build lacks: {}", list(&unknown)));
+        detail.push_str(&format!(
+            "; the model reads features this build lacks: {}",
+            list(&unknown)
+        ));
     }
     if !missing.is_empty() {
-        detail.push_str(&format!("; this build has features the model lacks: {}", list(&missing)));
+        detail.push_str(&format!(
+            "; this build has features the model lacks: {}",
+            list(&missing)
+        ));
     }
     if !duplicated.is_empty() {
         detail.push_str(&format!("; features listed twice: {}", list(&duplicated)));

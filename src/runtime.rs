@@ -880,10 +880,7 @@ impl Runtime {
             Some(m) => {
                 let state = match (&m.loaded, &m.error) {
                     (_, Some(e)) => format!("NOT LOADED: {e}"),
-                    (Some(model), None) => format!(
-                        "{} {} ({})",
-                        model.kind, model.id, model.feature_set_version
-                    ),
+                    (Some(model), None) => format!("{} {} ({})", model.kind, model.id, model.feature_set_version),
                     (None, None) => "not loaded".to_string(),
                 };
                 let routes: Vec<String> = self

@@ -137,7 +137,13 @@ pub fn evaluate(rt: &Runtime, route: &Route, ids: &Identities, signals: &Signals
     score.value = (1.0 - doubt).clamp(0.0, 1.0);
     if let (Some(slot), true) = (&rt.model, route.model != ModelMode::Off) {
         if let Some(model) = &slot.loaded {
-            apply_model(&mut score, slot, model, route.model == ModelMode::Shadow, &signals.features);
+            apply_model(
+                &mut score,
+                slot,
+                model,
+                route.model == ModelMode::Shadow,
+                &signals.features,
+            );
         }
     }
     score

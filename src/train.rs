@@ -303,8 +303,12 @@ fn read_labels(path: &str) -> anyhow::Result<HashMap<String, Label>> {
         if line.trim().is_empty() {
             continue;
         }
-        let l: LabelLine = serde_json::from_str(&line)
-            .with_context(|| format!("{path}:{}: expected {{\"request_id\": …, \"fraud\": true|false}}", n + 1))?;
+        let l: LabelLine = serde_json::from_str(&line).with_context(|| {
+            format!(
+                "{path}:{}: expected {{\"request_id\": …, \"fraud\": true|false}}",
+                n + 1
+            )
+        })?;
         out.insert(l.request_id, l.label);
     }
     Ok(out)
@@ -574,7 +578,10 @@ fn fit_forest(opts: &Options, rows: &[Row], train: &[usize], y: &[u32]) -> anyho
     // smartcore keeps its trees private; its serde form is the documented way out.
     let v = serde_json::to_value(&rf)?;
     let classes: Vec<u32> = serde_json::from_value(v["classes"].clone()).context("forest classes")?;
-    let fraud_class = classes.iter().position(|c| *c == 1).context("forest has no fraud class")?;
+    let fraud_class = classes
+        .iter()
+        .position(|c| *c == 1)
+        .context("forest has no fraud class")?;
     let trees_json = v["trees"].as_array().context("forest without trees")?;
     let mut trees = Vec::with_capacity(trees_json.len());
     let mut outputs = Vec::with_capacity(trees_json.len());
@@ -647,7 +654,11 @@ fn fit_forest(opts: &Options, rows: &[Row], train: &[usize], y: &[u32]) -> anyho
             .filter(|(t, out)| {
                 let mut j = 0usize;
                 while t.left[j] != 0 {
-                    j = if x[t.feature[j] as usize] <= t.threshold[j] { t.left[j] } else { t.right[j] } as usize;
+                    j = if x[t.feature[j] as usize] <= t.threshold[j] {
+                        t.left[j]
+                    } else {
+                        t.right[j]
+                    } as usize;
                 }
                 out[j]
             })
@@ -732,7 +743,11 @@ pub fn fit_platt(raw: &[f64], fraud: &[bool]) -> Platt {
             .map(|(r, t)| {
                 let z = a * r + b;
                 // log(1 + e^z) − t·z, computed without overflow.
-                let softplus = if z > 0.0 { z + (-z).exp().ln_1p() } else { z.exp().ln_1p() };
+                let softplus = if z > 0.0 {
+                    z + (-z).exp().ln_1p()
+                } else {
+                    z.exp().ln_1p()
+                };
                 softplus - t * z
             })
             .sum()

@@ -68,7 +68,14 @@ fn simulated(dir: &Path, seed: u64) -> PathBuf {
     let scenario = dir.join("scenario.toml");
     std::fs::write(&scenario, SCENARIO).unwrap();
     let path = dir.join(format!("events-{seed}.jsonl"));
-    run_ok(riskgate().arg("simulate").arg("--scenario").arg(&scenario).args(["--seed", &seed.to_string(), "--out"]).arg(&path));
+    run_ok(
+        riskgate()
+            .arg("simulate")
+            .arg("--scenario")
+            .arg(&scenario)
+            .args(["--seed", &seed.to_string(), "--out"])
+            .arg(&path),
+    );
     path
 }
 
@@ -105,7 +112,13 @@ fn training_separates_a_farm_from_legitimate_traffic_and_is_deterministic() {
     let events = simulated(dir.path(), 3);
     let (a, b) = (dir.path().join("a.model.json"), dir.path().join("b.model.json"));
     let progress = train(&[&events], None, &a);
-    for needle in ["event-time order", "split: train", "random forest", "logistic regression", "chosen:"] {
+    for needle in [
+        "event-time order",
+        "split: train",
+        "random forest",
+        "logistic regression",
+        "chosen:",
+    ] {
         assert!(progress.contains(needle), "no `{needle}` in the progress:\n{progress}");
     }
     train(&[&events], None, &b);
@@ -138,12 +151,30 @@ fn training_separates_a_farm_from_legitimate_traffic_and_is_deterministic() {
     };
     let mut farm = 0.0;
     for i in 0..12 {
-        farm = score(&event(t0 + i * 5_000, "/api/coupon/claim", &format!("farm-{i}"), "farm-phone", "198.51.100.9"));
+        farm = score(&event(
+            t0 + i * 5_000,
+            "/api/coupon/claim",
+            &format!("farm-{i}"),
+            "farm-phone",
+            "198.51.100.9",
+        ));
     }
     for k in 0..2 {
-        score(&event(t0 + 1_000 + k * 9_000, "/api/campaign/detail", "alice", "alice-phone", "203.0.113.20"));
+        score(&event(
+            t0 + 1_000 + k * 9_000,
+            "/api/campaign/detail",
+            "alice",
+            "alice-phone",
+            "203.0.113.20",
+        ));
     }
-    let person = score(&event(t0 + 30_000, "/api/coupon/claim", "alice", "alice-phone", "203.0.113.20"));
+    let person = score(&event(
+        t0 + 30_000,
+        "/api/coupon/claim",
+        "alice",
+        "alice-phone",
+        "203.0.113.20",
+    ));
     assert!(farm > 0.5 && person < 0.5, "farm {farm}, person {person}");
 }
 
@@ -166,7 +197,12 @@ fn the_feedback_loop_trains_from_audit_records_and_a_labels_file() {
         let record = serde_json::json!({"ts_ms": e.ts_ms, "request_id": id, "route": "x", "decision": "allow",
                                         "score": 0.0, "reasons": [], "mode": "enforce", "event": e});
         writeln!(a, "{record}").unwrap();
-        writeln!(l, "{}", serde_json::json!({"request_id": id, "fraud": label.fraud, "kind": label.kind, "actor": label.actor})).unwrap();
+        writeln!(
+            l,
+            "{}",
+            serde_json::json!({"request_id": id, "fraud": label.fraud, "kind": label.kind, "actor": label.actor})
+        )
+        .unwrap();
     }
     drop((a, l));
     let from_events = dir.path().join("e.model.json");
@@ -183,7 +219,11 @@ fn the_feedback_loop_trains_from_audit_records_and_a_labels_file() {
 
     // Records without their event cannot train.
     let bare = dir.path().join("bare.jsonl");
-    std::fs::write(&bare, r#"{"ts_ms": 1, "request_id": "r-1", "route": "x", "decision": "allow"}"#).unwrap();
+    std::fs::write(
+        &bare,
+        r#"{"ts_ms": 1, "request_id": "r-1", "route": "x", "decision": "allow"}"#,
+    )
+    .unwrap();
     let out = riskgate()
         .args(["train", "--input"])
         .arg(&bare)
@@ -255,7 +295,10 @@ async fn the_model_scores_explains_and_can_run_in_shadow() {
     let m = metrics(&c, gw.admin_addr).await;
     assert_eq!(metric(&m, "riskgate_model_loaded"), Some(1.0), "{m}");
     assert_eq!(metric(&m, "riskgate_model_required"), Some(1.0));
-    assert_eq!(metric(&m, r#"riskgate_model_reloads_total{outcome="success"}"#), Some(1.0));
+    assert_eq!(
+        metric(&m, r#"riskgate_model_reloads_total{outcome="success"}"#),
+        Some(1.0)
+    );
     assert_eq!(
         metric(&m, r#"riskgate_model_score_count{mode="enforce",route="coupon_claim"}"#),
         Some(5.0),
@@ -273,7 +316,10 @@ async fn the_model_scores_explains_and_can_run_in_shadow() {
     let seen = up.seen();
     assert_eq!(seen[4].header("x-risk-score"), Some("0.000"));
     assert_eq!(seen[4].header("x-risk-decision"), Some("allow"));
-    assert_eq!(seen[4].header("x-risk-reasons"), Some("shadow:model:users_per_device_24h"));
+    assert_eq!(
+        seen[4].header("x-risk-reasons"),
+        Some("shadow:model:users_per_device_24h")
+    );
     let m = metrics(&c, gw.admin_addr).await;
     assert_eq!(
         metric(&m, r#"riskgate_model_score_count{mode="shadow",route="coupon_claim"}"#),
@@ -315,34 +361,70 @@ async fn a_mismatched_or_corrupt_model_is_refused_and_the_old_one_keeps_serving(
     let m = metrics(&c, gw.admin_addr).await;
     assert_eq!(metric(&m, "riskgate_model_loaded"), Some(0.0), "{m}");
     assert_eq!(metric(&m, "riskgate_model_required"), Some(1.0));
-    assert_eq!(metric(&m, r#"riskgate_model_reloads_total{outcome="failure"}"#), Some(1.0));
+    assert_eq!(
+        metric(&m, r#"riskgate_model_reloads_total{outcome="failure"}"#),
+        Some(1.0)
+    );
     assert!(farm(&c, gw.addr, "phone-d", 5).await.iter().all(|a| a.status == 200));
 
     // A good model arrives: swapped in.
     write_model(&cfg, &stump(0.05, 0.9));
     assert!(eventually(|| gw.gateway.runtime.load().model.as_ref().unwrap().loaded.is_some()).await);
-    let good = gw.gateway.runtime.load().model.as_ref().unwrap().loaded.clone().unwrap();
+    let good = gw
+        .gateway
+        .runtime
+        .load()
+        .model
+        .as_ref()
+        .unwrap()
+        .loaded
+        .clone()
+        .unwrap();
     assert_eq!(claim(&c, gw.addr, "phone-d-u9", "phone-d", &[]).await.status, 403);
 
     // A corrupt file, then a mismatched one: refused, the good model stays, and says why.
-    for bad in ["{\"format\": \"riskgate-model/1\", \"feat".to_string(), serde_json::to_string(&other).unwrap()] {
-        let failures = |gw: &riskgate::server::Running| gw.gateway.metrics.model_reloads.with_label_values(&["failure"]).get();
+    for bad in [
+        "{\"format\": \"riskgate-model/1\", \"feat".to_string(),
+        serde_json::to_string(&other).unwrap(),
+    ] {
+        let failures =
+            |gw: &riskgate::server::Running| gw.gateway.metrics.model_reloads.with_label_values(&["failure"]).get();
         let before = failures(&gw);
         cfg.write("model.json", &bad);
         assert!(eventually(|| failures(&gw) > before).await, "the bad file is noticed");
         let rt = gw.gateway.runtime.load();
         let slot = rt.model.as_ref().unwrap();
-        assert!(Arc::ptr_eq(slot.loaded.as_ref().unwrap(), &good), "the good model keeps serving");
+        assert!(
+            Arc::ptr_eq(slot.loaded.as_ref().unwrap(), &good),
+            "the good model keeps serving"
+        );
         let why = slot.error.clone().unwrap();
-        assert!(why.contains("not a riskgate model") || why.contains("feature set"), "{why}");
-        assert_eq!(claim(&c, gw.addr, &format!("phone-d-x{before}"), "phone-d", &[]).await.status, 403);
+        assert!(
+            why.contains("not a riskgate model") || why.contains("feature set"),
+            "{why}"
+        );
+        assert_eq!(
+            claim(&c, gw.addr, &format!("phone-d-x{before}"), "phone-d", &[])
+                .await
+                .status,
+            403
+        );
     }
     let m = metrics(&c, gw.admin_addr).await;
     assert_eq!(metric(&m, "riskgate_model_loaded"), Some(1.0), "{m}");
-    assert_eq!(metric(&m, r#"riskgate_model_reloads_total{outcome="failure"}"#), Some(3.0));
-    assert_eq!(metric(&m, r#"riskgate_model_reloads_total{outcome="success"}"#), Some(1.0));
     assert_eq!(
-        metric(&m, &format!(r#"riskgate_model_info{{kind="random_forest",version="{}"}}"#, good.id)),
+        metric(&m, r#"riskgate_model_reloads_total{outcome="failure"}"#),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(&m, r#"riskgate_model_reloads_total{outcome="success"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!(r#"riskgate_model_info{{kind="random_forest",version="{}"}}"#, good.id)
+        ),
         Some(1.0),
         "{m}"
     );
@@ -378,7 +460,14 @@ async fn hot_swapping_the_model_under_load_loses_no_request() {
                     break;
                 }
                 let id = format!("req-{t}-{i}");
-                let a = claim(&c, addr, &format!("user-{t}-{i}"), &format!("dev-{t}-{i}"), &[("x-request-id", &id)]).await;
+                let a = claim(
+                    &c,
+                    addr,
+                    &format!("user-{t}-{i}"),
+                    &format!("dev-{t}-{i}"),
+                    &[("x-request-id", &id)],
+                )
+                .await;
                 answered_by[usize::from(a.status == 403)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 out.push((id, a));
             }
@@ -392,9 +481,10 @@ async fn hot_swapping_the_model_under_load_loses_no_request() {
         write_model(&cfg, next);
         let landed = eventually(|| {
             let rt = gw.gateway.runtime.load();
-            rt.model.as_ref().and_then(|m| m.loaded.as_ref()).is_some_and(|m| {
-                (m.score(&riskgate::features::Features::default()) - target).abs() < 1e-6
-            })
+            rt.model
+                .as_ref()
+                .and_then(|m| m.loaded.as_ref())
+                .is_some_and(|m| (m.score(&riskgate::features::Features::default()) - target).abs() < 1e-6)
         })
         .await;
         assert!(landed, "swap {n} landed");
@@ -408,7 +498,10 @@ async fn hot_swapping_the_model_under_load_loses_no_request() {
     let mut by_status = std::collections::BTreeMap::new();
     while let Some(done) = tasks.join_next().await {
         for (id, a) in done.unwrap() {
-            assert_eq!(a.headers.get("x-request-id").and_then(|v| v.to_str().ok()), Some(id.as_str()));
+            assert_eq!(
+                a.headers.get("x-request-id").and_then(|v| v.to_str().ok()),
+                Some(id.as_str())
+            );
             assert!(a.status == 200 || a.status == 403, "{id}: {} {}", a.status, a.body);
             *by_status.entry(a.status.as_u16()).or_insert(0) += 1;
             answered += 1;
@@ -421,7 +514,10 @@ async fn hot_swapping_the_model_under_load_loses_no_request() {
     let m = metrics(&client(), gw.admin_addr).await;
     let successes = metric(&m, r#"riskgate_model_reloads_total{outcome="success"}"#).unwrap();
     assert!(successes >= 1.0 + swaps as f64, "{m}");
-    assert_eq!(metric(&m, r#"riskgate_model_reloads_total{outcome="failure"}"#), Some(0.0));
+    assert_eq!(
+        metric(&m, r#"riskgate_model_reloads_total{outcome="failure"}"#),
+        Some(0.0)
+    );
     gw.shutdown().await;
 }
 
@@ -453,17 +549,32 @@ async fn the_shipped_model_stops_a_farm_sooner_than_the_rules_alone_and_says_why
             for r in stopped {
                 let reasons = r["reasons"].as_array().unwrap();
                 assert!(
-                    reasons.iter().any(|x| x.as_str().is_some_and(|x| x.starts_with("model:"))),
+                    reasons
+                        .iter()
+                        .any(|x| x.as_str().is_some_and(|x| x.starts_with("model:"))),
                     "a model block names its features: {r}"
                 );
             }
         }
     }
     let (rules, model) = (&outcomes[0], &outcomes[1]);
-    assert_eq!(rules.0, [200, 200, 200, 403, 403], "rules alone: device_many_accounts from the fourth");
+    assert_eq!(
+        rules.0,
+        [200, 200, 200, 403, 403],
+        "rules alone: device_many_accounts from the fourth"
+    );
     assert_eq!(rules.1, Some(0.0), "mode = off everywhere asks for no model");
     assert_eq!(model.1, Some(1.0));
     let first_stop = |s: &[u16]| s.iter().position(|x| *x != 200).unwrap();
-    assert!(first_stop(&model.0) < first_stop(&rules.0), "{:?} vs {:?}", model.0, rules.0);
-    assert!(model.0.iter().skip(first_stop(&model.0)).all(|s| *s == 403), "{:?}", model.0);
+    assert!(
+        first_stop(&model.0) < first_stop(&rules.0),
+        "{:?} vs {:?}",
+        model.0,
+        rules.0
+    );
+    assert!(
+        model.0.iter().skip(first_stop(&model.0)).all(|s| *s == 403),
+        "{:?}",
+        model.0
+    );
 }

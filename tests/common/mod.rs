@@ -142,7 +142,9 @@ impl ConfigDir {
     pub fn default_rules_only() -> ConfigDir {
         let c = ConfigDir::default_config();
         let text = std::fs::read_to_string(c.path()).unwrap();
-        let at = text.find("\n[model]\n").expect("the default config has a [model] section");
+        let at = text
+            .find("\n[model]\n")
+            .expect("the default config has a [model] section");
         let (head, tail) = text.split_at(at);
         let off = tail.replacen("\nmode = \"enforce\"", "\nmode = \"off\"", 1);
         assert_ne!(off, tail);
