@@ -40,7 +40,7 @@ pub struct Metrics {
     audit_queued: IntGauge,
     /// Admin calls refused for a missing or wrong bearer token.
     pub admin_denied: IntCounter,
-    /// 1 when a model is loaded and the config asks for one (set by the model loader).
+    /// 1 while a trained model is loaded (`set_model`).
     pub model_loaded: IntGauge,
     /// 1 when the config asks for a model; the alert fires only where one is missing.
     pub model_required: IntGauge,
@@ -240,7 +240,7 @@ impl Metrics {
             model_loaded: gauge(
                 &r,
                 "riskgate_model_loaded",
-                "1 when a trained model is loaded and the config asks for one, else 0.",
+                "1 while a trained model is loaded, else 0.",
             ),
             model_required: gauge(
                 &r,

@@ -1167,6 +1167,36 @@ state_timeout_ms = 30
     }
 
     #[test]
+    fn model_settings_are_validated_together() {
+        let text = format!(
+            "[model]\npath = \"m.json\"\nweight = 0.0\nmin_score = 2.0\nreason_threshold = -1.0\ntop_features = 11\n{ROUTES}"
+        );
+        let err = build_text(&text).unwrap_err().to_string();
+        for needle in [
+            "model.weight: 0 must be in (0, 1]",
+            "model.min_score: 2 must be in [0, 1]",
+            "model.reason_threshold: -1 must be in [0, 1]",
+            "model.top_features: must be at most 10",
+        ] {
+            assert!(err.contains(needle), "missing `{needle}` in\n{err}");
+        }
+        let err = build_text(&format!("[model]\npath = \"m.json\"\ncombine = \"sum\"\n{ROUTES}")).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `sum`"), "{err}");
+        let err = build_text(&format!("[model]\npath = \"m.json\"\nweigth = 1\n{ROUTES}")).unwrap_err();
+        assert!(err.to_string().contains("unknown field `weigth`"), "{err}");
+        // A route can opt out or into shadow; without a [model] section only "off" makes sense.
+        let routes = ROUTES.replace("action = \"checkin\"", "action = \"checkin\"\nmodel = \"shadow\"");
+        let rt = build_text(&format!("[model]\npath = \"m.json\"\n{routes}")).unwrap();
+        let modes: Vec<_> = rt.routes.iter().map(|r| r.model).collect();
+        assert_eq!(modes, [config::ModelMode::Enforce, config::ModelMode::Shadow]);
+        assert_eq!(rt.model.as_ref().unwrap().path, Path::new("m.json"));
+        let err = build_text(&routes).unwrap_err().to_string();
+        assert!(err.contains("routes[1].model: there is no [model] section"), "{err}");
+        let rt = build_text(ROUTES).unwrap();
+        assert!(rt.model.is_none() && rt.routes.iter().all(|r| r.model == config::ModelMode::Off));
+    }
+
+    #[test]
     fn state_settings_are_validated_together() {
         let text = format!(
             "[state]\nbackend = \"redis\"\ntimeout_ms = 0\nkey_prefix = \"a b\"\nredis_url = \"http://x\"\nredis_nodes = [\"redis://n1:7000\", \"n2\"]\n{ROUTES}"
