@@ -24,8 +24,9 @@ fn bench(c: &mut Criterion) {
     // smartcore forest the size of the shipped one.
     let scenario = simulate::Scenario::load("default").unwrap();
     let mut rows: Vec<(Features, u32)> = Vec::new();
-    for e in simulate::generate(&scenario, 11, 1_762_819_200_000) {
-        let Some(a) = ready(pipeline::assess(&rt, &state, &hasher, &e)) else {
+    let events = simulate::generate(&scenario, 11, 1_762_819_200_000);
+    for e in &events {
+        let Some(a) = ready(pipeline::assess(&rt, &state, &hasher, e)) else {
             continue;
         };
         if let (Some(f), Some(l)) = (a.features, e.label.as_ref()) {
@@ -75,6 +76,32 @@ fn bench(c: &mut Criterion) {
             })
         },
     );
+
+    // The whole scoring path with and without the model, on the state the simulated
+    // day left behind (the same events again, a day later).
+    let with_model = runtime::load(Path::new("config/riskgate.toml"), &hasher).unwrap();
+    assert!(with_model.model.as_ref().is_some_and(|m| m.loaded.is_some()));
+    let mut rules_only = runtime::load(Path::new("config/riskgate.toml"), &hasher).unwrap();
+    for r in &mut rules_only.routes {
+        r.model = riskgate::config::ModelMode::Off;
+    }
+    let later: Vec<_> = events
+        .iter()
+        .filter(|e| e.method == "POST")
+        .map(|e| {
+            let mut e = e.clone();
+            e.ts_ms += 86_400_000;
+            e
+        })
+        .collect();
+    for (name, rt) in [("rules only", &rules_only), ("rules + model", &with_model)] {
+        g.bench_function(format!("pipeline::assess, {name}"), |b| {
+            b.iter(|| {
+                n = (n + 1) % later.len();
+                black_box(ready(pipeline::assess(rt, &state, &hasher, &later[n])))
+            })
+        });
+    }
     g.finish();
 }
 
