@@ -26,3 +26,8 @@ for cfg in rules model; do
     target/release/riskgate replay --quiet --config "$WORK/config/$cfg.toml" --input "$WORK/events.jsonl" \
         --output "$WORK/$cfg.decisions.jsonl" --report "$WORK/$cfg.report.json" 2>&1 | sed -n '/attack kind/,$p'
 done
+# The model's own figures on the same traffic, from model_score in the decision records.
+if command -v python3 >/dev/null; then
+    echo "=== seed $SEED: the model alone ==="
+    python3 models/model_alone.py "$WORK/model.decisions.jsonl" 0.99
+fi
