@@ -137,13 +137,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 progress: !quiet,
             };
             let outcome = riskgate::train::run(&opts)?;
+            let test = &outcome.test[&outcome.chosen];
             eprintln!(
                 "trained {} in {:.1} s: test PR-AUC {:.4}, ROC-AUC {:.4}, recall at 0.5% FPR {:.4}",
-                outcome.chosen,
-                outcome.seconds,
-                outcome.test[outcome.chosen].pr_auc,
-                outcome.test[outcome.chosen].roc_auc,
-                outcome.test[outcome.chosen].recall_at_fpr_0_5pct
+                outcome.chosen, outcome.seconds, test.pr_auc, test.roc_auc, test.recall_at_fpr_0_5pct
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -132,8 +132,10 @@ pub struct KindFigures {
 #[derive(Debug)]
 pub struct Outcome {
     pub file: ModelFile,
-    pub chosen: &'static str,
-    pub test: BTreeMap<&'static str, Figures>,
+    /// `random_forest` or `logistic_regression`.
+    pub chosen: String,
+    /// Test-slice figures of both candidates, by name.
+    pub test: BTreeMap<String, Figures>,
     pub seconds: f64,
 }
 
@@ -151,12 +153,16 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
     let rows = build_rows(opts)?;
     let file = fit(opts, &rows, started)?;
     let text = serde_json::to_string(&file)? + "\n";
+    // What serving will load: check it loads before it replaces anything.
+    let served = Model::from_json(&text, &opts.out.display().to_string())?;
     if let Some(dir) = opts.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(&opts.out, &text).with_context(|| format!("writing {}", opts.out.display()))?;
-    // What serving will load: check it loads (and agrees with itself) before we say done.
-    let served = Model::from_json(&text, &opts.out.display().to_string())?;
+    // A running gateway watches this file: it must never see half of it.
+    let tmp = opts.out.with_extension("tmp");
+    std::fs::write(&tmp, &text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &opts.out)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), opts.out.display()))?;
     progress!(
         opts,
         "wrote {} ({} bytes, {} model {})",
@@ -166,26 +172,12 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
         served.id
     );
     let eval: Evaluation = serde_json::from_value(file.evaluation.clone())?;
-    let chosen = if eval.chosen == "random_forest" {
-        "random_forest"
-    } else {
-        "logistic_regression"
-    };
-    let test = eval.test.into_iter().map(|(k, v)| (static_kind(&k), v)).collect();
     Ok(Outcome {
         file,
-        chosen,
-        test,
+        chosen: eval.chosen,
+        test: eval.test,
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-fn static_kind(k: &str) -> &'static str {
-    if k == "random_forest" {
-        "random_forest"
-    } else {
-        "logistic_regression"
-    }
 }
 
 /// Reads the inputs, puts every event in event-time order through the pipeline, and
@@ -386,7 +378,7 @@ struct Evaluation {
     test: BTreeMap<String, Figures>,
 }
 
-/// One candidate: its compact classifier, fitted calibration, and raw scores.
+/// One candidate: its name and its classifier in the compact form.
 struct Candidate {
     name: &'static str,
     classifier: Classifier,
