@@ -118,7 +118,8 @@ pub fn model_outcome(metrics: &Metrics, rt: &mut Runtime, previous: Option<&Runt
                 .and_then(|p| p.model.as_ref())
                 .and_then(|s| s.loaded.as_ref())
                 .map(|m| m.id.clone());
-            info!(model = %path, id = %m.id, kind = m.kind, previous = ?before, "model loaded");
+            let previous = before.as_deref().unwrap_or("none");
+            info!(model = %path, id = %m.id, kind = m.kind, previous, "model loaded");
         }
         (_, Some(error)) => {
             metrics.model_reloads.with_label_values(&["failure"]).inc();
