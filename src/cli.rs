@@ -94,6 +94,45 @@ pub enum Command {
         #[arg(long, default_value_t = 1_762_819_200_000)]
         start_ms: u64,
     },
+    /// Train the classifier on labelled traffic and write a model file (see models/README.md).
+    Train {
+        /// Labelled events (`riskgate simulate` output), or audit-log decision records with
+        /// embedded events (`[audit] capture_events = true`); JSONL, `.gz`, `-`. Repeatable.
+        #[arg(long, required = true)]
+        input: Vec<String>,
+        /// request id → label, JSONL: `{"request_id": "r-1", "fraud": true, "kind": "refunded_order"}`;
+        /// overrides labels carried by the input.
+        #[arg(long)]
+        labels: Option<String>,
+        /// Where to write the model file (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// The config whose routes, identities and signal settings build the features.
+        #[arg(long, default_value = "config/riskgate.toml")]
+        config: PathBuf,
+        /// Seed of the forest and of the training subsample.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Earliest share of labelled requests used for training (the rest evaluates).
+        #[arg(long, default_value_t = 0.7)]
+        train_share: f64,
+        /// Training rows kept at most (deterministic subsample, fraud first).
+        #[arg(long, default_value_t = 60_000)]
+        max_train_rows: usize,
+        /// Trees in the random forest.
+        #[arg(long, default_value_t = 40)]
+        trees: u16,
+        /// Depth limit of each tree.
+        #[arg(long, default_value_t = 12)]
+        max_depth: u16,
+        /// Take requests without a label as legitimate (default: leave them out of the
+        /// rows; they still shape the features of the others).
+        #[arg(long)]
+        unlabelled_legit: bool,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Watch the gateway catch fraud: a stub backend, the gateway on the default config,
     /// and a short simulated campaign over real HTTP.
     Demo {

@@ -46,6 +46,9 @@ pub struct ConfigFile {
     pub lists: Vec<ListConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// The trained classifier; absent = rules only.
+    #[serde(default)]
+    pub model: Option<ModelConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -294,6 +297,86 @@ impl fmt::Debug for AdminConfig {
     }
 }
 
+/// `[model]`: the trained classifier and how its score joins the rules'.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The model file `riskgate train` wrote, relative to the config file.
+    pub path: Spanned<PathBuf>,
+    /// `enforce`: the model's score counts; `shadow`: scored and recorded only.
+    /// A route's own `model` key overrides it.
+    #[serde(default = "default_model_mode")]
+    pub mode: ModelMode,
+    /// How the model's score joins the rules' score.
+    #[serde(default)]
+    pub combine: Combine,
+    /// The model's calibrated probability is multiplied by this before combining.
+    #[serde(default = "default_model_weight")]
+    pub weight: f64,
+    /// The model's score counts only from this value up (below it, the model is not
+    /// sure enough to add to the rules): a floor on its own evidence.
+    #[serde(default)]
+    pub min_score: f64,
+    /// `model:FEATURE` reasons are added when the model's score is at least this.
+    #[serde(default = "default_reason_threshold")]
+    pub reason_threshold: f64,
+    /// How many `model:FEATURE` reasons at most.
+    #[serde(default = "default_top_features")]
+    pub top_features: usize,
+}
+
+fn default_model_mode() -> ModelMode {
+    ModelMode::Enforce
+}
+fn default_model_weight() -> f64 {
+    1.0
+}
+fn default_reason_threshold() -> f64 {
+    0.5
+}
+fn default_top_features() -> usize {
+    3
+}
+
+/// Whether a route uses the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelMode {
+    Enforce,
+    Shadow,
+    Off,
+}
+
+impl ModelMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelMode::Enforce => "enforce",
+            ModelMode::Shadow => "shadow",
+            ModelMode::Off => "off",
+        }
+    }
+}
+
+/// How the model's score and the rules' score make the request's score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Combine {
+    /// Independent evidence, like rules: 1 − (1 − rules)(1 − weight × model).
+    #[default]
+    NoisyOr,
+    /// The larger of the two.
+    Max,
+}
+
+impl Combine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Combine::NoisyOr => "noisy_or",
+            Combine::Max => "max",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -468,6 +551,9 @@ pub struct RouteConfig {
     /// Overrides `state.timeout_ms` for this route.
     #[serde(default)]
     pub state_timeout_ms: Option<u64>,
+    /// Overrides `[model] mode` for this route (`enforce`, `shadow` or `off`).
+    #[serde(default)]
+    pub model: Option<Spanned<ModelMode>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -638,6 +724,9 @@ pub fn line_of(text: &str, offset: usize) -> usize {
 
 /// The default config for the reference campaign API, embedded in the binary.
 pub const DEFAULT_TOML: &str = include_str!("../config/riskgate.toml");
+
+/// The shipped model the default config names, embedded for the demo.
+pub const DEFAULT_MODEL: &str = include_str!("../models/riskgate-default.model.json");
 
 #[cfg(test)]
 mod tests {

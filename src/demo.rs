@@ -59,11 +59,18 @@ pub async fn stub_backend() -> anyhow::Result<SocketAddr> {
 /// Runs the demo and returns the final tally (by label kind, from the HTTP answers).
 pub async fn run(opts: &Options) -> anyhow::Result<Tally> {
     let dir = tempfile_dir()?;
-    let config_path = dir.join("riskgate.toml");
-    std::fs::write(&config_path, crate::config::DEFAULT_TOML)?;
-    std::fs::create_dir_all(dir.join("lists"))?;
+    // The repository's layout, so that the config's relative model path holds.
+    let config_dir = dir.join("config");
+    let config_path = config_dir.join("riskgate.toml");
+    std::fs::create_dir_all(config_dir.join("lists"))?;
+    std::fs::create_dir_all(dir.join("models"))?;
+    std::fs::write(&config_path, demo_config(crate::config::DEFAULT_TOML))?;
+    std::fs::write(
+        dir.join("models").join("riskgate-default.model.json"),
+        crate::config::DEFAULT_MODEL,
+    )?;
     for list in ["blocked_devices.txt", "blocked_ips.txt", "allowed_users.txt"] {
-        std::fs::write(dir.join("lists").join(list), "")?;
+        std::fs::write(config_dir.join("lists").join(list), "")?;
     }
     let backend = stub_backend().await?;
     let overrides = Overrides {
@@ -96,11 +103,14 @@ pub async fn run(opts: &Options) -> anyhow::Result<Tally> {
         running.addr, running.admin_addr
     );
     eprintln!(
-        "sending {} simulated requests over {:.0} s (scenario `{}`, seed {})\n",
+        "sending {} simulated requests over {:.0} s (scenario `{}`, seed {})",
         events.len(),
         opts.duration.as_secs_f64(),
         opts.scenario,
         opts.seed
+    );
+    eprintln!(
+        "the trained model runs in shadow here: a campaign squeezed into seconds is not the traffic it learnt from\n"
     );
 
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -215,8 +225,38 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The default config with its model in shadow: the demo squeezes a campaign into
+/// seconds, a pace the model never saw in training (its per-minute counts and gaps are
+/// far from real traffic's), so it is scored and recorded but does not act — the way
+/// a new model is watched before it is promoted.
+fn demo_config(default: &str) -> String {
+    let Some(at) = default.find("\n[model]\n") else {
+        return default.to_string();
+    };
+    let (head, tail) = default.split_at(at);
+    format!(
+        "{head}{}",
+        tail.replacen("\nmode = \"enforce\"", "\nmode = \"shadow\"", 1)
+    )
+}
+
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("riskgate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_demo_shadows_the_model_and_nothing_else() {
+        let text = super::demo_config(crate::config::DEFAULT_TOML);
+        let model = &text[text.find("\n[model]\n").unwrap()..];
+        assert!(model.contains("\nmode = \"shadow\""), "{model}");
+        assert!(
+            text.contains("\nmode = \"enforce\"\n"),
+            "server and routes keep their mode"
+        );
+        assert_eq!(text.matches("\nmode = \"shadow\"").count(), 1);
+    }
 }

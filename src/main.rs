@@ -24,6 +24,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CheckConfig { file } => match riskgate::runtime::load(&file, &KeyHasher::seeded(0)) {
             Ok(rt) => {
+                if let Some(error) = rt.model.as_ref().and_then(|m| m.error.as_ref()) {
+                    print!("{}", rt.summary());
+                    eprintln!("{}: the model file is refused: {error}", file.display());
+                    return Ok(ExitCode::from(1));
+                }
                 println!("{}: ok", file.display());
                 print!("{}", rt.summary());
                 Ok(ExitCode::SUCCESS)
@@ -96,6 +101,46 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "{} events written to {out} in {:.1} s",
                 events.len(),
                 started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Train {
+            input,
+            labels,
+            out,
+            config,
+            seed,
+            train_share,
+            max_train_rows,
+            trees,
+            max_depth,
+            unlabelled_legit,
+            quiet,
+        } => {
+            anyhow::ensure!(
+                train_share > 0.0 && train_share < 1.0,
+                "--train-share must be between 0 and 1"
+            );
+            anyhow::ensure!(max_train_rows >= 100, "--max-train-rows must be at least 100");
+            anyhow::ensure!(trees > 0 && max_depth > 0, "--trees and --max-depth must be above 0");
+            let opts = riskgate::train::Options {
+                inputs: input,
+                labels,
+                config,
+                out,
+                seed,
+                train_share,
+                max_train_rows,
+                trees,
+                max_depth,
+                unlabelled_legit,
+                progress: !quiet,
+            };
+            let outcome = riskgate::train::run(&opts)?;
+            let test = &outcome.test[&outcome.chosen];
+            eprintln!(
+                "trained {} in {:.1} s: test PR-AUC {:.4}, ROC-AUC {:.4}, recall at 0.5% FPR {:.4}",
+                outcome.chosen, outcome.seconds, test.pr_auc, test.roc_auc, test.recall_at_fpr_0_5pct
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -40,10 +40,17 @@ pub struct Metrics {
     audit_queued: IntGauge,
     /// Admin calls refused for a missing or wrong bearer token.
     pub admin_denied: IntCounter,
-    /// 1 when a model is loaded and the config asks for one (set by the model loader).
+    /// 1 while a trained model is loaded (`set_model`).
     pub model_loaded: IntGauge,
     /// 1 when the config asks for a model; the alert fires only where one is missing.
     pub model_required: IntGauge,
+    /// Model file loads at start and on reload, by outcome (success, failure).
+    pub model_reloads: IntCounterVec,
+    /// 1 for the loaded model's version (its content hash): one series at a time.
+    model_info: IntGaugeVec,
+    /// Calibrated model scores by route and mode (enforce, shadow): how a shadowed
+    /// model would act, before it is promoted.
+    pub model_scores: HistogramVec,
     /// Stopped requests of the rank-th top offender per identity kind (no identity in
     /// the labels: kind × rank 1..=TOP_RANKS series at most).
     top_offenders: IntGaugeVec,
@@ -233,12 +240,31 @@ impl Metrics {
             model_loaded: gauge(
                 &r,
                 "riskgate_model_loaded",
-                "1 when a trained model is loaded and the config asks for one, else 0.",
+                "1 while a trained model is loaded, else 0.",
             ),
             model_required: gauge(
                 &r,
                 "riskgate_model_required",
-                "1 when the config asks for a trained model (none can yet: the model loader is not built), else 0.",
+                "1 when the config asks for a trained model ([model] section), else 0.",
+            ),
+            model_reloads: counter(
+                &r,
+                "riskgate_model_reloads_total",
+                "Model file loads at start and on reload by outcome: success, or failure (corrupt file, feature-list mismatch: the previous model keeps serving).",
+                &["outcome"],
+            ),
+            model_info: gauge_vec(
+                &r,
+                "riskgate_model_info",
+                "1 for the loaded model; version is its content hash (as in the logs and check-config).",
+                &["version", "kind"],
+            ),
+            model_scores: histogram(
+                &r,
+                "riskgate_model_score",
+                "Calibrated model scores (0 to 1) by route and mode (enforce, or shadow: recorded, not acted on).",
+                &["route", "mode"],
+                vec![0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99],
             ),
             top_offenders: gauge_vec(
                 &r,
@@ -259,6 +285,11 @@ impl Metrics {
         self.decision_seconds.with_label_values(&[&route.name]).observe(seconds);
         if route.scored {
             self.scores.with_label_values(&[&route.name]).observe(a.score.value);
+        }
+        if let Some(p) = a.score.model {
+            self.model_scores
+                .with_label_values(&[&route.name, route.model.as_str()])
+                .observe(p);
         }
         if a.state_error {
             self.state_errors.inc();
@@ -310,7 +341,9 @@ impl Metrics {
         }
         for outcome in ["success", "failure"] {
             self.reloads.with_label_values(&[outcome]);
+            self.model_reloads.with_label_values(&[outcome]);
         }
+        self.set_model(rt);
         for reason in REJECT_REASONS {
             self.rejected.with_label_values(&[reason]);
         }
@@ -368,6 +401,20 @@ impl Metrics {
                     .with_label_values(&[kind.as_str(), rank])
                     .set(stopped as i64);
             }
+        }
+    }
+
+    /// The model gauges of the runtime now serving.
+    pub fn set_model(&self, rt: &Runtime) {
+        let slot = rt.model.as_ref();
+        let loaded = slot.and_then(|s| s.loaded.as_ref());
+        // `mode = "off"` everywhere asks for no model, whatever the section says.
+        let required = slot.is_some() && rt.routes.iter().any(|r| r.model != crate::config::ModelMode::Off);
+        self.model_required.set(i64::from(required));
+        self.model_loaded.set(i64::from(loaded.is_some()));
+        self.model_info.reset();
+        if let Some(m) = loaded {
+            self.model_info.with_label_values(&[&m.id, m.kind]).set(1);
         }
     }
 

@@ -120,6 +120,7 @@ impl Assessment {
             reasons: &self.score.reasons,
             identities: &self.identities,
             mode: self.mode.as_str(),
+            model_score: self.score.model.map(round_score),
             label: event.label.as_ref(),
             event: capture.then_some(event),
         }

@@ -19,6 +19,10 @@ pub struct DecisionRecord<'a> {
     pub reasons: &'a [String],
     pub identities: &'a Identities,
     pub mode: &'static str,
+    /// The classifier's calibrated score (three decimals), when a model scored the
+    /// request, enforced or in shadow; the score above already includes it when enforced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_score: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<&'a Label>,
     /// The whole event, when the audit log captures traffic for later replay.

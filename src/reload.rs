@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::runtime::{self, Fingerprint};
+use crate::metrics::Metrics;
+use crate::runtime::{self, Fingerprint, Runtime};
 use crate::server::Gateway;
 use crate::state::StateStore;
 
@@ -64,7 +65,8 @@ pub async fn watch<S: StateStore>(gw: Arc<Gateway<S>>, mut shutdown: watch::Rece
 pub async fn reload<S: StateStore>(gw: &Arc<Gateway<S>>, cause: &str) -> Result<(), String> {
     let path = gw.config_path.clone();
     let hasher = gw.hasher.clone();
-    let built = tokio::task::spawn_blocking(move || runtime::load(&path, &hasher)).await;
+    let previous = gw.runtime.load_full();
+    let built = tokio::task::spawn_blocking(move || runtime::load_reusing(&path, &hasher, Some(&previous))).await;
     let outcome = match built {
         Ok(Ok(mut rt)) => match gw.overrides.apply(&mut rt) {
             Ok(()) => Ok(rt),
@@ -74,8 +76,9 @@ pub async fn reload<S: StateStore>(gw: &Arc<Gateway<S>>, cause: &str) -> Result<
         Err(e) => Err(format!("reload task failed: {e}")),
     };
     match outcome {
-        Ok(rt) => {
+        Ok(mut rt) => {
             let old = gw.runtime.load();
+            model_outcome(&gw.metrics, &mut rt, Some(&old));
             if rt.server.listen != old.server.listen || rt.server.admin_listen != old.server.admin_listen {
                 warn!("listen addresses changed in the config; they take effect only at restart");
             }
@@ -92,5 +95,42 @@ pub async fn reload<S: StateStore>(gw: &Arc<Gateway<S>>, cause: &str) -> Result<
             error!(cause, "config reload refused; the running config stays: {problems}");
             Err(problems)
         }
+    }
+}
+
+/// Logs and counts what happened to the model file in a load (start-up or reload): a
+/// file refused keeps the previous model serving, if there was one.
+pub fn model_outcome(metrics: &Metrics, rt: &mut Runtime, previous: Option<&Runtime>) {
+    let Some(slot) = rt.model.as_ref() else {
+        if previous.is_some_and(|p| p.model.is_some()) {
+            info!("model switched off: no [model] section any more");
+        }
+        return;
+    };
+    if !slot.fresh {
+        return;
+    }
+    let path = slot.path.display().to_string();
+    match (&slot.loaded, slot.error.clone()) {
+        (Some(m), None) => {
+            metrics.model_reloads.with_label_values(&["success"]).inc();
+            let before = previous
+                .and_then(|p| p.model.as_ref())
+                .and_then(|s| s.loaded.as_ref())
+                .map(|m| m.id.clone());
+            let previous = before.as_deref().unwrap_or("none");
+            info!(model = %path, id = %m.id, kind = m.kind, previous, "model loaded");
+        }
+        (_, Some(error)) => {
+            metrics.model_reloads.with_label_values(&["failure"]).inc();
+            let kept = previous.is_some_and(|p| rt.keep_previous_model(p));
+            match rt.model.as_ref().and_then(|s| s.loaded.as_ref()) {
+                Some(m) if kept => {
+                    error!(model = %path, kept = %m.id, "model file refused; the previous model keeps serving: {error}")
+                }
+                _ => error!(model = %path, "model file refused; scoring with rules only: {error}"),
+            }
+        }
+        (None, None) => {}
     }
 }

@@ -65,6 +65,10 @@ impl Replayer {
     fn new(path: &Path, state: Option<&str>) -> anyhow::Result<Replayer> {
         let hasher = KeyHasher::seeded(REPLAY_SEED);
         let mut rt = runtime::load(path, &hasher)?;
+        // A backtest that silently dropped the model would not be the backtest asked for.
+        if let Some(error) = rt.model.as_ref().and_then(|m| m.error.as_ref()) {
+            anyhow::bail!("{}: {error}", path.display());
+        }
         if let Some(choice) = state {
             crate::server::choose_backend(choice, &mut rt.state).map_err(anyhow::Error::msg)?;
         }
@@ -134,6 +138,7 @@ impl Replayer {
                     reasons: &[],
                     identities: &identities,
                     mode: self.rt.server.mode.as_str(),
+                    model_score: None,
                     label: event.label.as_ref(),
                     event: None,
                 };

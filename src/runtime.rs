@@ -19,6 +19,7 @@ use crate::decide::{Decision, Policy};
 use crate::expr::Expr;
 use crate::extract::{IdentitySpec, Source};
 use crate::features;
+use crate::model::Model;
 use crate::state::{KeyHasher, KeyKind};
 
 /// Everything the request path needs from config, compiled.
@@ -41,9 +42,31 @@ pub struct Runtime {
     pub lists: Vec<List>,
     pub responses: Responses,
     pub default_upstream: Option<Arc<Upstream>>,
-    /// Files whose change triggers a reload (the config and every list file), with
-    /// their fingerprints from just before they were read.
+    /// Files whose change triggers a reload (the config, every list file and the model
+    /// file), with their fingerprints from just before they were read.
     pub watched: Vec<(PathBuf, Fingerprint)>,
+    /// `[model]`: the classifier and how it joins the rules; `None` = rules only.
+    pub model: Option<ModelSlot>,
+}
+
+/// The `[model]` section compiled, with its model file loaded or the reason it was not.
+#[derive(Debug)]
+pub struct ModelSlot {
+    pub path: PathBuf,
+    pub mode: config::ModelMode,
+    pub combine: config::Combine,
+    pub weight: f64,
+    pub min_score: f64,
+    pub reason_threshold: f64,
+    pub top_features: usize,
+    /// The model that scores requests; `None` while no file could be loaded.
+    pub loaded: Option<Arc<Model>>,
+    /// Why the model file on disk was refused (the loaded model, if any, is older).
+    pub error: Option<String>,
+    /// Of the file as it was when last read.
+    pub fingerprint: Fingerprint,
+    /// The file was read by this load (false: the previous runtime's model was reused).
+    pub fresh: bool,
 }
 
 #[derive(Debug)]
@@ -90,6 +113,8 @@ pub struct Route {
     /// How long this route waits for a remote state backend, when it overrides
     /// `state.timeout_ms`.
     pub state_timeout_ms: Option<u64>,
+    /// Whether the model scores this route (`off` when there is no `[model]`).
+    pub model: config::ModelMode,
 }
 
 #[derive(Debug)]
@@ -199,6 +224,42 @@ impl Problems<'_> {
 /// Reads, parses and validates a config file and the list files it names.
 /// Synchronous file I/O: call it at start-up or from a blocking task.
 pub fn load(path: &Path, hasher: &KeyHasher) -> Result<Runtime, ConfigError> {
+    load_reusing(path, hasher, None)
+}
+
+/// `load`, reusing `previous`'s model when its file has not changed (a reload caused by
+/// a list file does not parse the model again). A model file that cannot be loaded is
+/// not a config error: the runtime comes back with `model.error` set and no model, and
+/// the caller decides (serve keeps the previous model, replay and check-config fail).
+pub fn load_reusing(path: &Path, hasher: &KeyHasher, previous: Option<&Runtime>) -> Result<Runtime, ConfigError> {
+    let mut rt = load_config(path, hasher)?;
+    if let Some(slot) = rt.model.as_mut() {
+        let fingerprint = Fingerprint::read(&slot.path);
+        let unchanged = previous
+            .and_then(|p| p.model.as_ref())
+            .filter(|old| old.path == slot.path && old.fingerprint == fingerprint && fingerprint.0.is_some());
+        match unchanged {
+            Some(old) => {
+                slot.loaded = old.loaded.clone();
+                slot.error = old.error.clone();
+            }
+            None => {
+                slot.fresh = true;
+                match Model::load(&slot.path) {
+                    Ok(m) => slot.loaded = Some(Arc::new(m)),
+                    Err(e) => slot.error = Some(e.to_string()),
+                }
+            }
+        }
+        slot.fingerprint = fingerprint.clone();
+        rt.watched.push((slot.path.clone(), fingerprint));
+    }
+    Ok(rt)
+}
+
+/// `load` without the model: what training needs (features never depend on the model,
+/// and the model file may be the one being replaced).
+pub fn load_config(path: &Path, hasher: &KeyHasher) -> Result<Runtime, ConfigError> {
     let fingerprint = Fingerprint::read(path);
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
@@ -400,6 +461,41 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
         }
     }
 
+    let model = file.model.as_ref().map(|mc| {
+        if mc.path.get_ref().as_os_str().is_empty() {
+            p.at(Some(mc.path.span()), "model.path", "must name the model file");
+        }
+        if !(mc.weight > 0.0 && mc.weight <= 1.0) {
+            p.at(None, "model.weight", format!("{} must be in (0, 1]", mc.weight));
+        }
+        if !(0.0..=1.0).contains(&mc.min_score) {
+            p.at(None, "model.min_score", format!("{} must be in [0, 1]", mc.min_score));
+        }
+        if !(0.0..=1.0).contains(&mc.reason_threshold) {
+            p.at(
+                None,
+                "model.reason_threshold",
+                format!("{} must be in [0, 1]", mc.reason_threshold),
+            );
+        }
+        if mc.top_features > 10 {
+            p.at(None, "model.top_features", "must be at most 10");
+        }
+        ModelSlot {
+            path: base_dir.join(mc.path.get_ref()),
+            mode: mc.mode,
+            combine: mc.combine,
+            weight: mc.weight,
+            min_score: mc.min_score,
+            reason_threshold: mc.reason_threshold,
+            top_features: mc.top_features,
+            loaded: None,
+            error: None,
+            fingerprint: Fingerprint(None),
+            fresh: false,
+        }
+    });
+
     let mut routes: Vec<Route> = Vec::new();
     let mut exact: HashMap<Method, HashMap<String, usize>> = HashMap::new();
     let mut prefixes = Vec::new();
@@ -481,6 +577,21 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
                 "must be above 0 milliseconds",
             );
         }
+        let route_model = match (&rc.model, &model) {
+            (Some(m), Some(_)) => *m.get_ref(),
+            (None, Some(slot)) => slot.mode,
+            (Some(m), None) => {
+                if *m.get_ref() != config::ModelMode::Off {
+                    p.at(
+                        Some(m.span()),
+                        format!("{key}.model"),
+                        "there is no [model] section to take the model from",
+                    );
+                }
+                config::ModelMode::Off
+            }
+            (None, None) => config::ModelMode::Off,
+        };
         let identity = merge_identity(&file.identity, &rc.identity);
         let route_key = hasher.key(KeyKind::Route, &name);
         let mut limits = Vec::new();
@@ -579,6 +690,11 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
             scored: rc.action != Action::Browse,
             on_state_error: rc.on_state_error.unwrap_or(file.state.on_error),
             state_timeout_ms: rc.state_timeout_ms,
+            model: if rc.action == Action::Browse {
+                config::ModelMode::Off
+            } else {
+                route_model
+            },
         });
     }
     for (i, r) in file.rules.iter().enumerate() {
@@ -653,6 +769,7 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
         responses,
         default_upstream,
         watched,
+        model,
     })
 }
 
@@ -681,6 +798,19 @@ impl Runtime {
         }
         self.default_upstream = Some(up);
         Ok(())
+    }
+
+    /// After a reload whose model file was refused: keep serving `previous`'s model (the
+    /// error stays recorded). Returns whether an older model was kept.
+    pub fn keep_previous_model(&mut self, previous: &Runtime) -> bool {
+        let (Some(slot), Some(old)) = (self.model.as_mut(), previous.model.as_ref()) else {
+            return false;
+        };
+        if slot.error.is_none() || slot.loaded.is_some() || old.loaded.is_none() {
+            return false;
+        }
+        slot.loaded = old.loaded.clone();
+        true
     }
 
     /// Puts every route in shadow mode (the `--shadow` flag).
@@ -750,6 +880,35 @@ impl Runtime {
                     l.burst,
                     l.decision.as_str(),
                     if l.shadow { " (shadow)" } else { "" }
+                );
+            }
+        }
+        match &self.model {
+            None => {
+                let _ = writeln!(s, "model: none (rules only)");
+            }
+            Some(m) => {
+                let state = match (&m.loaded, &m.error) {
+                    (_, Some(e)) => format!("NOT LOADED: {e}"),
+                    (Some(model), None) => format!("{} {} ({})", model.kind, model.id, model.feature_set_version),
+                    (None, None) => "not loaded".to_string(),
+                };
+                let routes: Vec<String> = self
+                    .routes
+                    .iter()
+                    .filter(|r| r.model != config::ModelMode::Off)
+                    .map(|r| format!("{} ({})", r.name, r.model.as_str()))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "model: {}  {state}\n      combine {} weight {} counted from {}  reasons at >= {} (top {})  routes: {}",
+                    m.path.display(),
+                    m.combine.as_str(),
+                    m.weight,
+                    m.min_score,
+                    m.reason_threshold,
+                    m.top_features,
+                    routes.join(", ")
                 );
             }
         }
@@ -1015,6 +1174,36 @@ state_timeout_ms = 30
         assert_eq!(policies, [OnStateError::Local, OnStateError::Deny]);
         let err = build_text(&format!("[state]\non_error = \"maybe\"\n{ROUTES}")).unwrap_err();
         assert!(err.to_string().contains("unknown variant `maybe`"), "{err}");
+    }
+
+    #[test]
+    fn model_settings_are_validated_together() {
+        let text = format!(
+            "[model]\npath = \"m.json\"\nweight = 0.0\nmin_score = 2.0\nreason_threshold = -1.0\ntop_features = 11\n{ROUTES}"
+        );
+        let err = build_text(&text).unwrap_err().to_string();
+        for needle in [
+            "model.weight: 0 must be in (0, 1]",
+            "model.min_score: 2 must be in [0, 1]",
+            "model.reason_threshold: -1 must be in [0, 1]",
+            "model.top_features: must be at most 10",
+        ] {
+            assert!(err.contains(needle), "missing `{needle}` in\n{err}");
+        }
+        let err = build_text(&format!("[model]\npath = \"m.json\"\ncombine = \"sum\"\n{ROUTES}")).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `sum`"), "{err}");
+        let err = build_text(&format!("[model]\npath = \"m.json\"\nweigth = 1\n{ROUTES}")).unwrap_err();
+        assert!(err.to_string().contains("unknown field `weigth`"), "{err}");
+        // A route can opt out or into shadow; without a [model] section only "off" makes sense.
+        let routes = ROUTES.replace("action = \"checkin\"", "action = \"checkin\"\nmodel = \"shadow\"");
+        let rt = build_text(&format!("[model]\npath = \"m.json\"\n{routes}")).unwrap();
+        let modes: Vec<_> = rt.routes.iter().map(|r| r.model).collect();
+        assert_eq!(modes, [config::ModelMode::Enforce, config::ModelMode::Shadow]);
+        assert_eq!(rt.model.as_ref().unwrap().path, Path::new("m.json"));
+        let err = build_text(&routes).unwrap_err().to_string();
+        assert!(err.contains("routes[1].model: there is no [model] section"), "{err}");
+        let rt = build_text(ROUTES).unwrap();
+        assert!(rt.model.is_none() && rt.routes.iter().all(|r| r.model == config::ModelMode::Off));
     }
 
     #[test]

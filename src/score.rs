@@ -3,10 +3,12 @@
 
 use smallvec::SmallVec;
 
-use crate::config::{ListAction, ListKind};
+use crate::config::{Combine, ListAction, ListKind, ModelMode};
 use crate::decide::{Decision, ResponseKind};
 use crate::extract::Identities;
-use crate::runtime::{Route, Runtime};
+use crate::features::Features;
+use crate::model::Model;
+use crate::runtime::{ModelSlot, Route, Runtime};
 use crate::signals::Signals;
 use crate::state::LimitOutcome;
 
@@ -39,6 +41,9 @@ pub struct Score {
     /// only watched.
     pub reasons: Vec<String>,
     pub hits: SmallVec<[Hit; 8]>,
+    /// The model's calibrated score, when a model scored the request (enforced or
+    /// shadowed: `Route::model` says which).
+    pub model: Option<f64>,
 }
 
 impl Score {
@@ -52,6 +57,7 @@ impl Score {
             retry_after_ms: None,
             reasons: Vec::new(),
             hits: SmallVec::new(),
+            model: None,
         }
     }
 }
@@ -129,5 +135,46 @@ pub fn evaluate(rt: &Runtime, route: &Route, ids: &Identities, signals: &Signals
         }
     }
     score.value = (1.0 - doubt).clamp(0.0, 1.0);
+    if let (Some(slot), true) = (&rt.model, route.model != ModelMode::Off) {
+        if let Some(model) = &slot.loaded {
+            apply_model(
+                &mut score,
+                slot,
+                model,
+                route.model == ModelMode::Shadow,
+                &signals.features,
+            );
+        }
+    }
     score
+}
+
+/// The classifier's part: its calibrated score joins the rules' (unless shadowed), and
+/// when it is high enough its top contributing features become `model:FEATURE` reasons
+/// (`shadow:model:FEATURE` in shadow), so staff can see why a request was stopped.
+/// The explanation costs a second pass over the trees, so only requests the model
+/// flags pay for it.
+fn apply_model(score: &mut Score, slot: &ModelSlot, model: &Model, shadow: bool, features: &Features) {
+    let p = model.score(features);
+    score.model = Some(p);
+    if !shadow && p >= slot.min_score {
+        let m = (slot.weight * p).clamp(0.0, 1.0);
+        score.value = match slot.combine {
+            Combine::NoisyOr => 1.0 - (1.0 - score.value) * (1.0 - m),
+            Combine::Max => score.value.max(m),
+        }
+        .clamp(0.0, 1.0);
+    }
+    // Reasons only where the model counts (or would, in shadow).
+    if p < slot.reason_threshold.max(slot.min_score) {
+        return;
+    }
+    let prefix = if shadow { "shadow:model" } else { "model" };
+    let top = model.top_features(features, slot.top_features);
+    if top.is_empty() {
+        score.reasons.push(prefix.to_string());
+    }
+    for (f, _) in top {
+        score.reasons.push(format!("{prefix}:{}", f.name()));
+    }
 }

@@ -208,6 +208,8 @@ pub async fn start_with(
     let admin_addr = admin.local_addr()?;
 
     let metrics = Metrics::new();
+    let mut rt = rt;
+    crate::reload::model_outcome(&metrics, &mut rt, None);
     metrics.register_config(&rt);
     metrics.config_last_reload_success.set(1);
     let mut connector = HttpConnector::new();

@@ -563,7 +563,7 @@ const TOKEN: &str = "test-admin-token-0123456789";
 #[tokio::test]
 async fn admin_calls_need_the_bearer_token_and_top_lists_offenders() {
     let up = Upstream::start(Duration::ZERO).await;
-    let cfg = ConfigDir::default_config();
+    let cfg = ConfigDir::default_rules_only();
     let toml = std::fs::read_to_string(cfg.path())
         .unwrap()
         .replace("\n[admin]\n", &format!("\n[admin]\ntoken = \"{TOKEN}\"\n"));

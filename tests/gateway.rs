@@ -120,7 +120,7 @@ burst = 3
 #[tokio::test]
 async fn the_default_config_blocks_a_device_with_many_accounts() {
     let up = Upstream::start(Duration::ZERO).await;
-    let cfg = ConfigDir::default_config();
+    let cfg = ConfigDir::default_rules_only();
     let gw = gateway(&cfg, &up.url(), false).await;
     let c = client();
     let mut statuses = vec![];
@@ -154,7 +154,7 @@ async fn the_default_config_blocks_a_device_with_many_accounts() {
 #[tokio::test]
 async fn shadow_mode_forwards_everything_but_records_the_decision() {
     let up = Upstream::start(Duration::ZERO).await;
-    let cfg = ConfigDir::default_config();
+    let cfg = ConfigDir::default_rules_only();
     let gw = gateway(&cfg, &up.url(), true).await;
     let c = client();
     for user in ["s-1", "s-2", "s-3", "s-4", "s-5"] {

@@ -136,10 +136,6 @@ async fn alerts_and_dashboard_name_only_exported_metrics() {
         let used = names_in(&text);
         assert!(!used.is_empty(), "{file}");
         for name in used {
-            // The model's version arrives with the model loader (issue 5).
-            if name == "riskgate_model_info" {
-                continue;
-            }
             assert!(
                 exported.contains(&name),
                 "{file} uses {name}, which riskgate does not export"

@@ -75,7 +75,7 @@ fn replay(cfg: &ConfigDir, extra: &[&str]) -> (std::process::Output, String) {
 
 #[test]
 fn replay_writes_one_record_per_event_deterministically_with_a_summary() {
-    let cfg = ConfigDir::default_config();
+    let cfg = ConfigDir::default_rules_only();
     let (out, first) = replay(
         &cfg,
         &["--report", cfg.dir.path().join("report.json").to_str().unwrap()],
@@ -160,7 +160,7 @@ fn replay_reads_and_writes_gzip_and_stdio() {
 
 #[test]
 fn backtest_diff_reports_a_known_flip() {
-    let cfg = ConfigDir::default_config();
+    let cfg = ConfigDir::default_rules_only();
     let base = std::fs::read_to_string(cfg.path()).unwrap();
     // The candidate blocks at three accounts per device instead of four.
     let candidate = base.replace(

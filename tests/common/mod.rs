@@ -124,11 +124,31 @@ impl ConfigDir {
     /// The shipped default config and its lists.
     pub fn default_config() -> ConfigDir {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        let c = ConfigDir::new(&std::fs::read_to_string(root.join("riskgate.toml")).unwrap());
+        // The model path is relative to the config file; the copy lives elsewhere.
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let text = std::fs::read_to_string(root.join("riskgate.toml"))
+            .unwrap()
+            .replace("\"../models/", &format!("\"{}/", models.display()));
+        let c = ConfigDir::new(&text);
         for entry in std::fs::read_dir(root.join("lists")).unwrap() {
             let entry = entry.unwrap();
             std::fs::copy(entry.path(), c.dir.path().join("lists").join(entry.file_name())).unwrap();
         }
+        c
+    }
+
+    /// The shipped default config with its trained model switched off (`[model] mode =
+    /// "off"`): for tests of what the rules, limits and lists do on their own.
+    pub fn default_rules_only() -> ConfigDir {
+        let c = ConfigDir::default_config();
+        let text = std::fs::read_to_string(c.path()).unwrap();
+        let at = text
+            .find("\n[model]\n")
+            .expect("the default config has a [model] section");
+        let (head, tail) = text.split_at(at);
+        let off = tail.replacen("\nmode = \"enforce\"", "\nmode = \"off\"", 1);
+        assert_ne!(off, tail);
+        c.write("riskgate.toml", &format!("{head}{off}"));
         c
     }
 

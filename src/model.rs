@@ -1,0 +1,565 @@
+//! Model: the trained classifier as the request path runs it — the model file format,
+//! loading (checked against the compiled feature list), calibrated scoring and the
+//! per-feature contributions behind `model:FEATURE` reasons.
+//!
+//! `train` fits smartcore models offline and writes them here in a compact form of our
+//! own (flat trees, or standardized coefficients), so that serving allocates nothing,
+//! never depends on smartcore's internal layout, and costs about a microsecond.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::features::{self, Feature, Features, COUNT, FEATURE_SET_VERSION};
+
+/// The model file's `format` value; bumped when the layout below changes.
+pub const FORMAT: &str = "riskgate-model/1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read model file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("model file {path} is not a riskgate model: {message}")]
+    Parse { path: String, message: String },
+    #[error("model file {path} was trained on feature set {model} but this build computes {compiled}{detail}; retrain it (models/README.md)")]
+    FeatureMismatch {
+        path: String,
+        model: String,
+        compiled: String,
+        detail: String,
+    },
+    #[error("model file {path} is inconsistent: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// The model file as written by `riskgate train` (JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    pub format: String,
+    pub feature_set_version: String,
+    /// Feature names in the order the classifier's indices refer to.
+    pub features: Vec<String>,
+    pub classifier: Classifier,
+    /// Maps the classifier's raw log-odds to a probability of fraud in [0, 1].
+    pub calibration: Platt,
+    /// What it was trained on and how it did; informational, never read when scoring.
+    pub training: serde_json::Value,
+    pub evaluation: serde_json::Value,
+}
+
+/// The classifier in the compact form serving runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Classifier {
+    /// Log-odds = intercept + Σ coef × (t(x) − mean) / scale, with t(x) = sign(x)·ln(1 + |x|).
+    LogisticRegression {
+        mean: Vec<f64>,
+        scale: Vec<f64>,
+        coef: Vec<f64>,
+        intercept: f64,
+    },
+    /// The mean over trees of the fraud share of the leaf a request falls in.
+    RandomForest { trees: Vec<Tree> },
+}
+
+/// One tree as parallel arrays, node 0 the root. A node with `left == 0` is a leaf
+/// (the root is nobody's child). A request goes left when `x <= threshold`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tree {
+    pub feature: Vec<u16>,
+    pub threshold: Vec<f64>,
+    pub left: Vec<u32>,
+    pub right: Vec<u32>,
+    /// Fraud share of the training rows that reached the node (leaves and inner nodes:
+    /// inner values give the per-feature path contributions).
+    pub value: Vec<f64>,
+}
+
+/// Platt scaling: p = 1 / (1 + exp(−(a · raw + b))).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Platt {
+    pub a: f64,
+    pub b: f64,
+}
+
+impl Platt {
+    pub fn apply(&self, raw: f64) -> f64 {
+        sigmoid(self.a * raw + self.b)
+    }
+}
+
+pub fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// The feature transform of the logistic regression: counts span orders of magnitude.
+pub fn squash(x: f64) -> f64 {
+    if x.is_finite() {
+        x.signum() * x.abs().ln_1p()
+    } else {
+        0.0
+    }
+}
+
+/// Forest shares are kept off 0 and 1 so their log-odds stay finite.
+const SHARE_EPS: f64 = 1e-4;
+
+pub fn logit(p: f64) -> f64 {
+    let p = p.clamp(SHARE_EPS, 1.0 - SHARE_EPS);
+    (p / (1.0 - p)).ln()
+}
+
+/// A flat tree node, laid out for the walk (24 bytes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Node {
+    threshold: f64,
+    value: f32,
+    feature: u16,
+    /// Index of the left child within the forest's node array; 0 for a leaf. The right
+    /// child follows as `right`.
+    left: u32,
+    right: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Compiled {
+    Linear(Box<Linear>),
+    Forest { nodes: Vec<Node>, roots: Vec<u32> },
+}
+
+/// A logistic regression with the standardization folded in: log-odds =
+/// `bias + Σ weight × t(x)`, and a feature's contribution `weight × (t(x) − mean)`.
+#[derive(Debug, Clone, PartialEq)]
+struct Linear {
+    /// In compiled feature order: coef / scale.
+    weight: [f64; COUNT],
+    mean: [f64; COUNT],
+    /// intercept − Σ weight × mean.
+    bias: f64,
+}
+
+/// A loaded model, ready for the request path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    compiled: Compiled,
+    calibration: Platt,
+    /// A short content hash of the file, to tell models apart in logs.
+    pub id: String,
+    pub kind: &'static str,
+    pub feature_set_version: String,
+}
+
+impl Model {
+    /// Reads and checks a model file. Synchronous file I/O: call it from a blocking task.
+    pub fn load(path: &Path) -> Result<Model, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Model::from_json(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks model JSON; `origin` names it in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<Model, ModelError> {
+        let file: ModelFile = serde_json::from_str(text).map_err(|e| ModelError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        let mut model = Model::from_file(&file, origin)?;
+        model.id = format!("{:016x}", fnv1a(text.as_bytes()));
+        Ok(model)
+    }
+
+    /// Checks a parsed model file against the compiled feature list and compiles it.
+    pub fn from_file(file: &ModelFile, origin: &str) -> Result<Model, ModelError> {
+        let invalid = |message: String| ModelError::Invalid {
+            path: origin.to_string(),
+            message,
+        };
+        if file.format != FORMAT {
+            return Err(ModelError::Parse {
+                path: origin.to_string(),
+                message: format!("format `{}`, expected `{FORMAT}`", file.format),
+            });
+        }
+        let map = feature_map(&file.features, &file.feature_set_version, origin)?;
+        let compiled = match &file.classifier {
+            Classifier::LogisticRegression {
+                mean,
+                scale,
+                coef,
+                intercept,
+            } => {
+                let n = map.len();
+                if mean.len() != n || scale.len() != n || coef.len() != n {
+                    return Err(invalid(format!(
+                        "logistic regression has {} means, {} scales, {} coefficients for {n} features",
+                        mean.len(),
+                        scale.len(),
+                        coef.len()
+                    )));
+                }
+                let all_finite = mean.iter().chain(scale).chain(coef).all(|v| v.is_finite()) && intercept.is_finite();
+                if !all_finite || scale.iter().any(|s| *s <= 0.0) {
+                    return Err(invalid("non-finite parameter or non-positive scale".into()));
+                }
+                let mut linear = Box::new(Linear {
+                    weight: [0.0; COUNT],
+                    mean: [0.0; COUNT],
+                    bias: *intercept,
+                });
+                for (i, &to) in map.iter().enumerate() {
+                    linear.weight[to] = coef[i] / scale[i];
+                    linear.mean[to] = mean[i];
+                    linear.bias -= linear.weight[to] * mean[i];
+                }
+                Compiled::Linear(linear)
+            }
+            Classifier::RandomForest { trees } => {
+                if trees.is_empty() {
+                    return Err(invalid("a forest without trees".into()));
+                }
+                let mut nodes = Vec::new();
+                let mut roots = Vec::with_capacity(trees.len());
+                for (t, tree) in trees.iter().enumerate() {
+                    let n = tree.feature.len();
+                    let same = [
+                        tree.threshold.len(),
+                        tree.left.len(),
+                        tree.right.len(),
+                        tree.value.len(),
+                    ];
+                    if n == 0 || same.iter().any(|l| *l != n) {
+                        return Err(invalid(format!("tree {t}: arrays of different lengths")));
+                    }
+                    let base = nodes.len() as u32;
+                    roots.push(base);
+                    for i in 0..n {
+                        let (l, r) = (tree.left[i] as usize, tree.right[i] as usize);
+                        let leaf = l == 0;
+                        // Children come after their parent: the walk always ends.
+                        if !leaf && (l <= i || r <= i || l >= n || r >= n) {
+                            return Err(invalid(format!("tree {t}, node {i}: bad children {l}, {r}")));
+                        }
+                        let f = tree.feature[i] as usize;
+                        if !leaf && f >= map.len() {
+                            return Err(invalid(format!("tree {t}, node {i}: feature index {f}")));
+                        }
+                        let v = tree.value[i];
+                        if !(0.0..=1.0).contains(&v) || (!leaf && !tree.threshold[i].is_finite()) {
+                            return Err(invalid(format!("tree {t}, node {i}: bad value or threshold")));
+                        }
+                        nodes.push(Node {
+                            threshold: tree.threshold[i],
+                            value: v as f32,
+                            feature: if leaf { 0 } else { map[f] as u16 },
+                            left: if leaf { 0 } else { base + l as u32 },
+                            right: if leaf { 0 } else { base + r as u32 },
+                        });
+                    }
+                }
+                Compiled::Forest { nodes, roots }
+            }
+        };
+        let Platt { a, b } = file.calibration;
+        if !(a.is_finite() && b.is_finite()) {
+            return Err(invalid("non-finite calibration".into()));
+        }
+        Ok(Model {
+            kind: match compiled {
+                Compiled::Linear(_) => "logistic_regression",
+                Compiled::Forest { .. } => "random_forest",
+            },
+            compiled,
+            calibration: file.calibration,
+            id: String::new(),
+            feature_set_version: file.feature_set_version.clone(),
+        })
+    }
+
+    /// The classifier's log-odds before calibration.
+    pub fn raw(&self, f: &Features) -> f64 {
+        let x = f.as_slice();
+        match &self.compiled {
+            Compiled::Linear(l) => l.bias + l.weight.iter().zip(x).map(|(w, v)| w * squash(*v)).sum::<f64>(),
+            Compiled::Forest { nodes, roots } => {
+                let mut sum = 0.0;
+                for &root in roots {
+                    sum += f64::from(nodes[leaf_of(nodes, root, x)].value);
+                }
+                logit(sum / roots.len() as f64)
+            }
+        }
+    }
+
+    /// The calibrated probability of fraud, in [0, 1] (0 for a vector that is not finite).
+    pub fn score(&self, f: &Features) -> f64 {
+        let p = self.calibration.apply(self.raw(f));
+        if p.is_finite() {
+            p.clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
+    }
+
+    /// How much each feature pushed this request's score up (positive) or down, in
+    /// compiled feature order. Logistic regression: coefficient × standardized value
+    /// (log-odds against the training mean). Forest: path contributions, the change in
+    /// fraud share at each split a request passes, summed per split feature and
+    /// averaged over trees; same cost as a prediction.
+    pub fn contributions(&self, f: &Features) -> [f64; COUNT] {
+        let x = f.as_slice();
+        let mut out = [0.0; COUNT];
+        match &self.compiled {
+            Compiled::Linear(l) => {
+                for (o, ((w, m), v)) in out.iter_mut().zip(l.weight.iter().zip(&l.mean).zip(x)) {
+                    *o = w * (squash(*v) - m);
+                }
+            }
+            Compiled::Forest { nodes, roots } => {
+                for &root in roots {
+                    let mut i = root as usize;
+                    while nodes[i].left != 0 {
+                        let n = nodes[i];
+                        let next = if x[n.feature as usize] <= n.threshold {
+                            n.left
+                        } else {
+                            n.right
+                        } as usize;
+                        out[n.feature as usize] += f64::from(nodes[next].value) - f64::from(n.value);
+                        i = next;
+                    }
+                }
+                let trees = roots.len() as f64;
+                out.iter_mut().for_each(|v| *v /= trees);
+            }
+        }
+        out
+    }
+
+    /// The `k` features that pushed the score up most (positive contributions only),
+    /// largest first; ties go to the earlier feature.
+    pub fn top_features(&self, f: &Features, k: usize) -> Vec<(Feature, f64)> {
+        let c = self.contributions(f);
+        let mut top: Vec<(Feature, f64)> = Vec::with_capacity(k + 1);
+        for (i, &v) in c.iter().enumerate() {
+            if v <= 0.0 || !v.is_finite() {
+                continue;
+            }
+            let pos = top.iter().position(|(_, w)| v > *w).unwrap_or(top.len());
+            if pos < k {
+                top.insert(pos, (features::ALL[i], v));
+                top.truncate(k);
+            }
+        }
+        top
+    }
+}
+
+fn leaf_of(nodes: &[Node], root: u32, x: &[f64]) -> usize {
+    let mut i = root as usize;
+    loop {
+        let n = &nodes[i];
+        if n.left == 0 {
+            return i;
+        }
+        i = if x[n.feature as usize] <= n.threshold {
+            n.left
+        } else {
+            n.right
+        } as usize;
+    }
+}
+
+/// For each of the model's features, its index in the compiled list; refuses a model
+/// whose names or version differ from this build's (the meaning of a vector position
+/// is only the same when both are).
+fn feature_map(names: &[String], version: &str, origin: &str) -> Result<Vec<usize>, ModelError> {
+    let compiled: Vec<&str> = features::ALL.iter().map(|f| f.name()).collect();
+    let missing: Vec<&str> = compiled
+        .iter()
+        .copied()
+        .filter(|c| !names.iter().any(|n| n == c))
+        .collect();
+    let unknown: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !compiled.contains(n))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let duplicated: Vec<&str> = names.iter().map(String::as_str).filter(|n| !seen.insert(*n)).collect();
+    if missing.is_empty() && unknown.is_empty() && duplicated.is_empty() && version == FEATURE_SET_VERSION {
+        return Ok(names.iter().filter_map(|n| features::index_of(n)).collect());
+    }
+    let mut detail = String::new();
+    let list = |v: &[&str]| {
+        let mut s = v.iter().take(8).copied().collect::<Vec<_>>().join(", ");
+        if v.len() > 8 {
+            s.push_str(&format!(" and {} more", v.len() - 8));
+        }
+        s
+    };
+    if !unknown.is_empty() {
+        detail.push_str(&format!(
+            "; the model reads features this build lacks: {}",
+            list(&unknown)
+        ));
+    }
+    if !missing.is_empty() {
+        detail.push_str(&format!(
+            "; this build has features the model lacks: {}",
+            list(&missing)
+        ));
+    }
+    if !duplicated.is_empty() {
+        detail.push_str(&format!("; features listed twice: {}", list(&duplicated)));
+    }
+    Err(ModelError::FeatureMismatch {
+        path: origin.to_string(),
+        model: version.to_string(),
+        compiled: FEATURE_SET_VERSION.to_string(),
+        detail,
+    })
+}
+
+/// FNV-1a: a stable content hash (no dependency, not a secret).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Vec<String> {
+        features::ALL.iter().map(|f| f.name().to_string()).collect()
+    }
+
+    /// A one-tree forest: users_per_device_24h > 3 → 0.9, else 0.1.
+    pub(crate) fn stump() -> ModelFile {
+        let f = Feature::UsersPerDevice24h as u16;
+        ModelFile {
+            format: FORMAT.into(),
+            feature_set_version: FEATURE_SET_VERSION.into(),
+            features: names(),
+            classifier: Classifier::RandomForest {
+                trees: vec![Tree {
+                    feature: vec![f, 0, 0],
+                    threshold: vec![3.0, 0.0, 0.0],
+                    left: vec![1, 0, 0],
+                    right: vec![2, 0, 0],
+                    value: vec![0.3, 0.1, 0.9],
+                }],
+            },
+            calibration: Platt { a: 1.0, b: 0.0 },
+            training: serde_json::Value::Null,
+            evaluation: serde_json::Value::Null,
+        }
+    }
+
+    fn with(f: Feature, v: f64) -> Features {
+        let mut x = Features::default();
+        x.set(f, v);
+        x
+    }
+
+    #[test]
+    fn a_forest_scores_and_explains_by_its_splits() {
+        let m = Model::from_file(&stump(), "t").unwrap();
+        let farm = with(Feature::UsersPerDevice24h, 8.0);
+        assert!((m.score(&farm) - 0.9).abs() < 1e-6);
+        assert!((m.score(&Features::default()) - 0.1).abs() < 1e-6);
+        let c = m.contributions(&farm);
+        assert!((c[Feature::UsersPerDevice24h as usize] - 0.6).abs() < 1e-6);
+        let top = m.top_features(&farm, 3);
+        assert_eq!(top.len(), 1);
+        assert_eq!(top[0].0, Feature::UsersPerDevice24h);
+        assert!(m.top_features(&Features::default(), 3).is_empty());
+    }
+
+    #[test]
+    fn a_logistic_regression_explains_by_standardized_terms() {
+        let n = COUNT;
+        let mut coef = vec![0.0; n];
+        coef[Feature::HasDevice as usize] = -2.0;
+        coef[Feature::UsersPerPhone24h as usize] = 1.5;
+        let mut file = stump();
+        file.classifier = Classifier::LogisticRegression {
+            mean: vec![0.0; n],
+            scale: vec![1.0; n],
+            coef,
+            intercept: -3.0,
+        };
+        let m = Model::from_file(&file, "t").unwrap();
+        let mut x = with(Feature::UsersPerPhone24h, 5.0);
+        assert!((m.raw(&x) - (-3.0 + 1.5 * 6f64.ln())).abs() < 1e-9);
+        x.set(Feature::HasDevice, 1.0);
+        let top = m.top_features(&x, 2);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [Feature::UsersPerPhone24h]);
+        assert!(m.score(&x) < m.score(&with(Feature::UsersPerPhone24h, 5.0)));
+    }
+
+    #[test]
+    fn a_reordered_feature_list_is_remapped() {
+        let mut file = stump();
+        file.features.swap(0, Feature::UsersPerDevice24h as usize);
+        if let Classifier::RandomForest { trees } = &mut file.classifier {
+            trees[0].feature[0] = 0;
+        }
+        let m = Model::from_file(&file, "t").unwrap();
+        assert!((m.score(&with(Feature::UsersPerDevice24h, 8.0)) - 0.9).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_mismatched_feature_list_is_refused_with_the_difference() {
+        let mut file = stump();
+        file.features[3] = "device_reqs_1w".into();
+        let err = Model::from_file(&file, "m.json").unwrap_err().to_string();
+        assert!(err.contains("lacks: device_reqs_1w"), "{err}");
+        assert!(
+            err.contains(&format!("the model lacks: {}", features::ALL[3].name())),
+            "{err}"
+        );
+        let mut file = stump();
+        let last = file.features.pop().unwrap();
+        let err = Model::from_file(&file, "m.json").unwrap_err().to_string();
+        assert!(err.contains(&format!("the model lacks: {last}")), "{err}");
+        let mut file = stump();
+        file.feature_set_version = "rg-features-0".into();
+        let err = Model::from_file(&file, "m.json").unwrap_err().to_string();
+        assert!(err.contains("trained on feature set rg-features-0"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_files_are_refused() {
+        assert!(matches!(Model::from_json("{", "m"), Err(ModelError::Parse { .. })));
+        let mut file = stump();
+        if let Classifier::RandomForest { trees } = &mut file.classifier {
+            trees[0].left[0] = 0xffff;
+        }
+        assert!(matches!(Model::from_file(&file, "m"), Err(ModelError::Invalid { .. })));
+        let mut file = stump();
+        if let Classifier::RandomForest { trees } = &mut file.classifier {
+            trees[0].left[1] = 0;
+            trees[0].left[0] = 0;
+            trees[0].value[0] = 1.5;
+        }
+        assert!(matches!(Model::from_file(&file, "m"), Err(ModelError::Invalid { .. })));
+        let text = serde_json::to_string(&stump()).unwrap();
+        let m = Model::from_json(&text, "m").unwrap();
+        assert_eq!(m.id.len(), 16);
+        assert_eq!(m.kind, "random_forest");
+    }
+}
