@@ -1,5 +1,6 @@
 //! Each family of signals on hand-built event sequences (a farm, a family, a NAT, a
-//! referral ring, a crowd, a script…), through the real pipeline and the default config.
+//! referral ring, a crowd, a script…), through the real pipeline and the default config's
+//! rules (its model off).
 
 use std::path::Path;
 
@@ -70,7 +71,9 @@ impl<'a> Req<'a> {
 impl World {
     fn new() -> World {
         let hasher = KeyHasher::seeded(3);
-        let rt = runtime::load(Path::new("config/riskgate.toml"), &hasher).unwrap();
+        // The signals and the rules, without the trained model (tests/model.rs covers it):
+        // these sequences check feature values and what the rules make of them.
+        let rt = runtime::load_config(Path::new("config/riskgate.toml"), &hasher).unwrap();
         World {
             rt,
             state: MemoryState::new(64 << 20, 90_000_000),

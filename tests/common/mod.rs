@@ -217,6 +217,10 @@ pub struct Answer {
     pub body: String,
 }
 
+/// What the campaign's mini program sends as its user agent (requests without one look
+/// like scripts to the trained model).
+pub const MINI_PROGRAM_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.47(0x18002f2c) NetType/WIFI Language/zh_CN miniProgram";
+
 /// Two campaign-page views by `user` on `device`, as the mini program makes before a claim.
 pub async fn browse(c: &TestClient, addr: SocketAddr, user: &str, device: &str) {
     for _ in 0..2 {
@@ -224,6 +228,7 @@ pub async fn browse(c: &TestClient, addr: SocketAddr, user: &str, device: &str) 
             ("x-user-id", user),
             ("x-device-id", device),
             ("x-app-version", "8.0.47"),
+            ("user-agent", MINI_PROGRAM_UA),
         ];
         send(
             c,
@@ -242,6 +247,7 @@ pub async fn claim(c: &TestClient, addr: SocketAddr, user: &str, device: &str, e
         ("x-user-id", user),
         ("x-device-id", device),
         ("x-app-version", "8.0.47"),
+        ("user-agent", MINI_PROGRAM_UA),
         ("content-type", "application/json"),
     ];
     headers.extend_from_slice(extra);
