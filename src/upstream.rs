@@ -281,3 +281,98 @@ impl Drop for PooledBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An upstream that answers `per_connection` requests on each connection, then
+    /// closes it without saying so (no `Connection: close`), as a server whose
+    /// keep-alive timeout ran out does. Counts connections.
+    async fn upstream(per_connection: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    for _ in 0..per_connection {
+                        let mut got = Vec::new();
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    }
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    fn request(authority: &str) -> Request<ProxyBody> {
+        Request::builder()
+            .uri("/x")
+            .header(http::header::HOST, authority)
+            .body(Empty::new().map_err(|never| match never {}).boxed())
+            .unwrap()
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(30),
+            max_idle_per_host: 8,
+        }
+    }
+
+    #[tokio::test]
+    async fn reuses_a_connection_whose_body_was_read() {
+        let (addr, conns) = upstream(usize::MAX).await;
+        let pool = Pool::start(settings());
+        for _ in 0..5 {
+            let resp = pool.send(&addr, request(&addr)).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+            // Let the connection task see the end of the message (the runtime is idle
+            // meanwhile, so it runs everything that is ready).
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_meanwhile_is_not_an_error() {
+        let (addr, conns) = upstream(1).await;
+        let pool = Pool::start(settings());
+        for _ in 0..5 {
+            let resp = pool.send(&addr, request(&addr)).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_a_connect_error() {
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = dead.local_addr().unwrap().to_string();
+        drop(dead);
+        let pool = Pool::start(settings());
+        match pool.send(&addr, request(&addr)).await {
+            Err(Error::Connect { timeout: false, .. }) => {}
+            other => panic!("expected a connect error, got {other:?}"),
+        }
+    }
+}
