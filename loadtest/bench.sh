@@ -14,6 +14,8 @@
 # Rows:
 #   direct         the stub upstream itself (no proxy)
 #   passthrough    bare hyper pass-through (loadtest/src/servers.rs): the floor
+#   passthrough-ct the same on a current-thread runtime (as riskgate runs with one
+#                  worker), to show how much of a difference the runtime makes
 #   riskgate-rules riskgate --shadow, loadtest/configs/rules-only.toml (lists, limits,
 #                  request-shape rules; no graph rules)
 #   riskgate-full  riskgate --shadow, config/riskgate.toml (every signal and rule, audit
@@ -50,7 +52,7 @@ while [ $# -gt 0 ]; do
         --no-fixed) FIXED=0 ;;
         --no-spike) SPIKE=0 ;;
         --skip-build) BUILD=0 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -91,13 +93,15 @@ cleanup() {
 trap cleanup EXIT
 
 UP=127.0.0.1:18081
-declare -A PORT=([direct]=18081 [passthrough]=18082 [riskgate-rules]=18083 [riskgate-full]=18084 [nginx]=18085 [nginx-limit]=18086)
+declare -A PORT=([direct]=18081 [passthrough]=18082 [riskgate-rules]=18083 [riskgate-full]=18084 [nginx]=18085 [nginx-limit]=18086 [passthrough-ct]=18087)
 declare -A SERVER_PID
 
 taskset -c "$SERVER_CPU" "$BIN/stub-upstream" --listen $UP --workers 1 2>"$WORK/stub.log" &
 PIDS+=($!); SERVER_PID[direct]=$!
 taskset -c "$SERVER_CPU" "$BIN/passthrough" --listen 127.0.0.1:${PORT[passthrough]} --upstream $UP --workers 1 2>"$WORK/passthrough.log" &
 PIDS+=($!); SERVER_PID[passthrough]=$!
+taskset -c "$SERVER_CPU" "$BIN/passthrough" --listen 127.0.0.1:${PORT[passthrough-ct]} --upstream $UP --current-thread 2>"$WORK/passthrough-ct.log" &
+PIDS+=($!); SERVER_PID[passthrough-ct]=$!
 for row in rules full; do
     cfg="$WORK/rules.toml"; [ $row = full ] && cfg="$FULL"
     port=${PORT[riskgate-$row]}
@@ -182,7 +186,7 @@ ticks() {
 
 load() { taskset -c "$LOAD_CPU" "$BIN/loadtest" --json "$@"; }
 
-ORDER=(direct passthrough riskgate-rules riskgate-full nginx nginx-limit)
+ORDER=(direct passthrough passthrough-ct riskgate-rules riskgate-full nginx nginx-limit)
 echo "warm-up: 2 s each"
 for name in "${ORDER[@]}"; do
     load --target "http://127.0.0.1:${PORT[$name]}" --max --connections "$CONNECTIONS" --duration 2 >/dev/null

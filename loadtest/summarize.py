@@ -24,7 +24,7 @@ def median(rows, row, key):
 
 
 rows = tsv("max.tsv")
-order = ["direct", "passthrough", "riskgate-rules", "riskgate-full", "nginx", "nginx-limit"]
+order = ["direct", "passthrough", "passthrough-ct", "riskgate-rules", "riskgate-full", "nginx", "nginx-limit"]
 if rows:
     rounds = len({r["round"] for r in rows})
     base = median(rows, "passthrough", "rps")

@@ -1,5 +1,6 @@
 //! Extract: an event and a route's identity spec → the identities the signals key on.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -262,25 +263,28 @@ pub fn client_ip(peer: IpAddr, xff: Option<&str>, trusted: &[IpNet]) -> IpAddr {
 }
 
 fn read_source(source: &Source, event: &Event, ip: IpAddr) -> Option<String> {
-    let value = match source {
-        Source::Header(name) => event.header(name).map(str::to_string),
-        Source::Query(name) => form_urlencoded::parse(event.query.as_bytes())
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned()),
-        Source::Cookie(name) => event.header("cookie").and_then(|c| {
+    // Borrowed where the value is already text; copied once, trimmed and cut, at the end.
+    let value: Cow<'_, str> = match source {
+        Source::Header(name) => Cow::Borrowed(event.header(name)?),
+        Source::Query(name) => {
+            form_urlencoded::parse(event.query.as_bytes())
+                .find(|(k, _)| k == name)?
+                .1
+        }
+        Source::Cookie(name) => Cow::Borrowed(event.header("cookie").and_then(|c| {
             c.split(';').find_map(|pair| {
                 let (k, v) = pair.trim().split_once('=')?;
-                (k == name).then(|| v.to_string())
+                (k == name).then_some(v)
             })
-        }),
-        Source::Json(pointer) => match event.body.as_ref()?.pointer(pointer)? {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Number(n) => Some(n.to_string()),
-            serde_json::Value::Bool(b) => Some(b.to_string()),
-            _ => None,
+        })?),
+        Source::Json(pointer) => match json_pointer(event.body.as_ref()?, pointer)? {
+            serde_json::Value::String(s) => Cow::Borrowed(s.as_str()),
+            serde_json::Value::Number(n) => Cow::Owned(n.to_string()),
+            serde_json::Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+            _ => return None,
         },
-        Source::Ip => Some(ip.to_string()),
-    }?;
+        Source::Ip => Cow::Owned(ip.to_string()),
+    };
     let value = value.trim();
     if value.is_empty() {
         return None;
@@ -290,6 +294,29 @@ fn read_source(source: &Source, event: &Event, ip: IpAddr) -> Option<String> {
         end -= 1;
     }
     Some(value[..end].to_string())
+}
+
+/// `Value::pointer` (RFC 6901) without allocating a string per reference token when the
+/// pointer has no escapes (`~0`, `~1`), which is every pointer in practice.
+fn json_pointer<'v>(value: &'v serde_json::Value, pointer: &str) -> Option<&'v serde_json::Value> {
+    if pointer.contains('~') || !pointer.starts_with('/') {
+        return value.pointer(pointer);
+    }
+    let mut target = value;
+    for token in pointer[1..].split('/') {
+        target = match target {
+            serde_json::Value::Object(map) => map.get(token)?,
+            serde_json::Value::Array(list) => {
+                // As serde_json: a decimal index without a leading zero (or `0` itself).
+                if token.is_empty() || (token.len() > 1 && token.starts_with('0')) || token.starts_with('+') {
+                    return None;
+                }
+                list.get(token.parse::<usize>().ok()?)?
+            }
+            _ => return None,
+        };
+    }
+    Some(target)
 }
 
 #[cfg(test)]

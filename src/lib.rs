@@ -27,3 +27,4 @@ pub mod signals;
 pub mod simulate;
 pub mod state;
 pub mod train;
+pub mod upstream;

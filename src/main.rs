@@ -9,6 +9,9 @@ use riskgate::config::LogFormat;
 use riskgate::server::{self, Overrides};
 use riskgate::state::KeyHasher;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -199,7 +202,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// The serving runtime: one worker per core, or `RISKGATE_WORKERS` workers (the
-/// benchmark pins riskgate to one core with one worker).
+/// benchmark pins riskgate to one core with one worker). One worker is a
+/// current-thread runtime: the same single thread without the work-stealing
+/// scheduler's bookkeeping and cross-thread wake-ups (about 3 µs of CPU per request
+/// less in BENCHMARKS.md).
 fn serve_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Ok(v) = std::env::var("RISKGATE_WORKERS") {
@@ -208,6 +214,9 @@ fn serve_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
             .ok()
             .filter(|n| *n > 0)
             .ok_or_else(|| anyhow::anyhow!("RISKGATE_WORKERS={v}: a number above 0"))?;
+        if n == 1 {
+            return Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?);
+        }
         builder.worker_threads(n);
     }
     Ok(builder.enable_all().build()?)

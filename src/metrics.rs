@@ -2,8 +2,10 @@
 //! config-bounded sets (route, decision, rule, limit, list names) and fixed enums;
 //! never an account, device, phone or IP.
 
+use arc_swap::ArcSwap;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::decide::Decision;
@@ -54,7 +56,36 @@ pub struct Metrics {
     /// Stopped requests of the rank-th top offender per identity kind (no identity in
     /// the labels: kind × rank 1..=TOP_RANKS series at most).
     top_offenders: IntGaugeVec,
+    /// The per-request series of the running config, resolved once per (re)load so
+    /// that counting a request looks up no label values.
+    handles: ArcSwap<Handles>,
 }
+
+/// Series handles of one config, by index; each keeps its label value, so that a
+/// request still running on an older config after a reload is never counted under
+/// another name (it falls back to a label lookup).
+#[derive(Default)]
+struct Handles {
+    routes: Vec<RouteHandles>,
+    /// By rule index: [enforce, shadow].
+    rules: Vec<(String, [Lazy<IntCounter>; 2])>,
+    lists: Vec<(String, IntCounter)>,
+}
+
+struct RouteHandles {
+    name: String,
+    /// By `Decision::ALL` order.
+    requests: [IntCounter; 4],
+    decision_seconds: Lazy<Histogram>,
+    scores: Lazy<Histogram>,
+    upstream_seconds: Lazy<Histogram>,
+    /// By limit index: (name, [enforce, shadow]).
+    limits: Vec<(String, [Lazy<IntCounter>; 2])>,
+}
+
+/// A series created on its first use, as a label lookup would (so the exposition
+/// shows the same series as before any request).
+type Lazy<T> = std::sync::OnceLock<T>;
 
 /// Why a request is refused before scoring (`riskgate_rejected_requests_total{reason}`).
 pub const REJECT_REASONS: [&str; 5] = ["body_too_large", "unmatched", "bad_request", "bad_json", "bad_identity"];
@@ -273,18 +304,36 @@ impl Metrics {
                 &["kind", "rank"],
             ),
             registry: r,
+            handles: ArcSwap::from_pointee(Handles::default()),
         }
     }
 
     /// Counts one assessed request.
     pub fn observe(&self, rt: &Runtime, a: &Assessment, seconds: f64) {
         let route = &rt.routes[a.route];
-        self.requests
-            .with_label_values(&[&route.name, a.decision.as_str()])
-            .inc();
-        self.decision_seconds.with_label_values(&[&route.name]).observe(seconds);
-        if route.scored {
-            self.scores.with_label_values(&[&route.name]).observe(a.score.value);
+        let handles = self.handles.load();
+        let resolved = handles.routes.get(a.route).filter(|h| h.name == route.name);
+        match resolved {
+            Some(h) => {
+                h.requests[a.decision as usize].inc();
+                h.decision_seconds
+                    .get_or_init(|| self.decision_seconds.with_label_values(&[&route.name]))
+                    .observe(seconds);
+                if route.scored {
+                    h.scores
+                        .get_or_init(|| self.scores.with_label_values(&[&route.name]))
+                        .observe(a.score.value);
+                }
+            }
+            None => {
+                self.requests
+                    .with_label_values(&[&route.name, a.decision.as_str()])
+                    .inc();
+                self.decision_seconds.with_label_values(&[&route.name]).observe(seconds);
+                if route.scored {
+                    self.scores.with_label_values(&[&route.name]).observe(a.score.value);
+                }
+            }
         }
         if let Some(p) = a.score.model {
             self.model_scores
@@ -302,23 +351,76 @@ impl Metrics {
         for hit in &a.score.hits {
             match *hit {
                 Hit::Rule { index, shadow } => {
-                    self.rule_hits
-                        .with_label_values(&[&rt.rules[index].name, mode(shadow)])
-                        .inc();
+                    let name = &rt.rules[index].name;
+                    match handles.rules.get(index).filter(|(n, _)| n == name) {
+                        Some((_, c)) => c[usize::from(shadow)]
+                            .get_or_init(|| self.rule_hits.with_label_values(&[name, mode(shadow)]))
+                            .inc(),
+                        None => self.rule_hits.with_label_values(&[name, mode(shadow)]).inc(),
+                    }
                 }
                 Hit::Limit { index, shadow } => {
-                    self.limit_hits
-                        .with_label_values(&[&route.name, &route.limits[index].name, mode(shadow)])
-                        .inc();
+                    let name = &route.limits[index].name;
+                    match resolved.and_then(|h| h.limits.get(index)).filter(|(n, _)| n == name) {
+                        Some((_, c)) => c[usize::from(shadow)]
+                            .get_or_init(|| self.limit_hits.with_label_values(&[&route.name, name, mode(shadow)]))
+                            .inc(),
+                        None => self
+                            .limit_hits
+                            .with_label_values(&[&route.name, name, mode(shadow)])
+                            .inc(),
+                    }
                 }
-                Hit::List(index) => self.list_hits.with_label_values(&[&rt.lists[index].name]).inc(),
+                Hit::List(index) => {
+                    let name = &rt.lists[index].name;
+                    match handles.lists.get(index).filter(|(n, _)| n == name) {
+                        Some((_, c)) => c.inc(),
+                        None => self.list_hits.with_label_values(&[name]).inc(),
+                    }
+                }
             }
+        }
+    }
+
+    /// The time a route's upstream took to answer (response headers).
+    pub fn observe_upstream(&self, route_name: &str, seconds: f64) {
+        let handles = self.handles.load();
+        match handles.routes.iter().find(|h| h.name == route_name) {
+            Some(h) => h
+                .upstream_seconds
+                .get_or_init(|| self.upstream_seconds.with_label_values(&[route_name]))
+                .observe(seconds),
+            None => self.upstream_seconds.with_label_values(&[route_name]).observe(seconds),
         }
     }
 
     /// Pre-creates the series of a config at zero, so dashboards and alerts see them
     /// before the first hit.
     pub fn register_config(&self, rt: &Runtime) {
+        self.handles.store(std::sync::Arc::new(Handles {
+            routes: rt
+                .routes
+                .iter()
+                .map(|route| RouteHandles {
+                    name: route.name.clone(),
+                    requests: Decision::ALL.map(|d| self.requests.with_label_values(&[&route.name, d.as_str()])),
+                    decision_seconds: Lazy::new(),
+                    scores: Lazy::new(),
+                    upstream_seconds: Lazy::new(),
+                    limits: route
+                        .limits
+                        .iter()
+                        .map(|l| (l.name.clone(), Default::default()))
+                        .collect(),
+                })
+                .collect(),
+            rules: rt.rules.iter().map(|r| (r.name.clone(), Default::default())).collect(),
+            lists: rt
+                .lists
+                .iter()
+                .map(|l| (l.name.clone(), self.list_hits.with_label_values(&[&l.name])))
+                .collect(),
+        }));
         for route in &rt.routes {
             for d in Decision::ALL {
                 self.requests.with_label_values(&[&route.name, d.as_str()]);

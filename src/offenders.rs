@@ -69,6 +69,12 @@ struct Slot {
 struct Sketch {
     slots: Vec<Slot>,
     index: HashMap<Box<str>, usize>,
+    /// Once full: the slots that had the least count (`min`) at the last scan, highest
+    /// index first, so the last valid one is the first slot with the least count. Counts
+    /// only grow, so a slot that left the minimum never returns to it; the list is
+    /// rebuilt when it runs out, not on every newcomer.
+    at_min: Vec<usize>,
+    min: u64,
 }
 
 impl Sketch {
@@ -89,13 +95,7 @@ impl Sketch {
         // Full: the newcomer replaces the smallest count and inherits it as its error.
         // A linear scan over a few hundred slots costs less than keeping a heap in order
         // on every increment (measured in benches/offenders.rs).
-        let Some((i, min)) = self
-            .slots
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (i, s.count))
-            .min_by_key(|&(_, c)| c)
-        else {
+        let Some((i, min)) = self.first_min() else {
             return;
         };
         let old = std::mem::replace(
@@ -108,6 +108,25 @@ impl Sketch {
         );
         self.index.remove(&old.key);
         self.index.insert(key.into(), i);
+    }
+
+    /// The first slot with the least count, and that count (what a scan with
+    /// `min_by_key` finds), taken off the minimum list: it is about to be replaced.
+    fn first_min(&mut self) -> Option<(usize, u64)> {
+        loop {
+            match self.at_min.pop() {
+                Some(i) if self.slots[i].count == self.min => return Some((i, self.min)),
+                Some(_) => continue,
+                None => {
+                    self.min = self.slots.iter().map(|s| s.count).min()?;
+                    let min = self.min;
+                    self.at_min = (0..self.slots.len())
+                        .rev()
+                        .filter(|&i| self.slots[i].count == min)
+                        .collect();
+                }
+            }
+        }
     }
 }
 
@@ -260,6 +279,45 @@ impl IpText {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sketch as it was before the minimum list: a scan per newcomer.
+    fn scan_add(slots: &mut Vec<(String, u64, u64)>, key: &str, capacity: usize) {
+        if let Some(s) = slots.iter_mut().find(|s| s.0 == key) {
+            s.1 += 1;
+            return;
+        }
+        if slots.len() < capacity {
+            slots.push((key.to_string(), 1, 0));
+            return;
+        }
+        let (i, min) = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.1))
+            .min_by_key(|&(_, c)| c)
+            .unwrap();
+        slots[i] = (key.to_string(), min + 1, min);
+    }
+
+    #[test]
+    fn the_minimum_list_replaces_the_same_slots_as_a_scan() {
+        let mut sketch = Sketch::default();
+        let mut scan = Vec::new();
+        let mut x = 7u64;
+        for _ in 0..20_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            // Skewed keys: a few heavy ones, a long tail of newcomers.
+            let key = format!("k{}", (x >> 33) % (1 + (x >> 60) * 40));
+            sketch.add(&key, 16);
+            scan_add(&mut scan, &key, 16);
+            let mine: Vec<_> = sketch
+                .slots
+                .iter()
+                .map(|s| (s.key.to_string(), s.count, s.error))
+                .collect();
+            assert_eq!(mine, scan);
+        }
+    }
 
     fn ids(device: &str, user: &str, ip: &str) -> Identities {
         let ip: IpAddr = ip.parse().unwrap();

@@ -20,11 +20,14 @@ use crate::pipeline::{self, Assessment};
 use crate::runtime::{Runtime, Upstream};
 use crate::server::Gateway;
 use crate::state::StateStore;
+use crate::upstream::Error as UpstreamError;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Headers that describe one hop, not the request: never forwarded (RFC 9110 §7.6.1).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
@@ -37,32 +40,47 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
+/// The client end of one connection: its address, and that address as an
+/// X-Forwarded-For value (formatted once per connection, not per request).
+#[derive(Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    ip_header: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip_header = HeaderValue::from_str(&addr.ip().to_string()).expect("an IP address is a valid header value");
+        Peer { addr, ip_header }
+    }
+}
+
 /// Handles one request from `peer`. Never fails: every problem becomes an HTTP answer.
 pub async fn handle<S: StateStore>(
     gw: Arc<Gateway<S>>,
-    peer: SocketAddr,
+    peer: Peer,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let rt = gw.runtime.load_full();
     let request_id = request_id(&rt, req.headers(), &gw);
-    let span = tracing::debug_span!("request", request_id = %request_id);
+    let span = tracing::debug_span!("request", request_id = request_id.to_str().unwrap_or("-"));
     gw.metrics.inflight.inc();
-    let response = handle_routed(&gw, &rt, peer, req, &request_id).instrument(span).await;
+    let response = handle_routed(&gw, &rt, &peer, req, &request_id).instrument(span).await;
     gw.metrics.inflight.dec();
     let mut response = response;
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(rt.headers.request_id.clone(), v);
-    }
+    response.headers_mut().insert(rt.headers.request_id.clone(), request_id);
     Ok(response)
 }
 
 async fn handle_routed<S: StateStore>(
     gw: &Gateway<S>,
     rt: &Runtime,
-    peer: SocketAddr,
+    peer: &Peer,
     req: Request<Incoming>,
-    request_id: &str,
+    id: &HeaderValue,
 ) -> Response<ProxyBody> {
+    // Sane by construction (see `request_id`): printable ASCII.
+    let request_id = id.to_str().unwrap_or("-");
     let started = Instant::now();
     let max = rt.server.max_body_bytes;
     if content_length(req.headers()).is_some_and(|n| n > max as u64) {
@@ -75,7 +93,7 @@ async fn handle_routed<S: StateStore>(
                 let up = up.clone();
                 let (parts, body) = req.into_parts();
                 let body = limited(body, max);
-                forward(gw, rt, &up, parts, body, peer, request_id, None, "unmatched").await
+                forward(gw, rt, &up, parts, body, peer, id, None, "unmatched").await
             }
             _ => {
                 gw.metrics.rejected.with_label_values(&["unmatched"]).inc();
@@ -125,7 +143,7 @@ async fn handle_routed<S: StateStore>(
     };
 
     // Only the headers extraction reads are copied, unless audit records embed the event.
-    let event = event_of(&parts, peer, json, |name| {
+    let event = event_of(&parts, peer.addr, json, |name| {
         gw.capture_events || route.identity.reads_header(name)
     });
     let assessment = pipeline::assess_route(rt, route_index, &gw.state, &gw.hasher, &event).await;
@@ -136,7 +154,8 @@ async fn handle_routed<S: StateStore>(
     }
     if let Some(audit) = &gw.audit {
         // Serialising a record cannot fail: every field is plain data.
-        if let Ok(line) = serde_json::to_vec(&assessment.record(rt, &event, request_id, gw.capture_events)) {
+        let mut line = Vec::with_capacity(AUDIT_LINE_CAPACITY);
+        if serde_json::to_writer(&mut line, &assessment.record(rt, &event, request_id, gw.capture_events)).is_ok() {
             audit.record(line);
         }
     }
@@ -145,25 +164,18 @@ async fn handle_routed<S: StateStore>(
         return stopped(rt, kind, &assessment, request_id);
     }
     let risk = Some(risk_headers(&assessment));
-    forward(
-        gw,
-        rt,
-        &route.upstream,
-        parts,
-        body,
-        peer,
-        request_id,
-        risk,
-        &route.name,
-    )
-    .await
+    forward(gw, rt, &route.upstream, parts, body, peer, id, risk, &route.name).await
 }
+
+/// Room for a typical decision record (about 400 bytes on the default config), so
+/// that serialising it does not regrow the buffer.
+const AUDIT_LINE_CAPACITY: usize = 512;
 
 /// The values of the three risk headers for a forwarded request.
 struct RiskHeaders {
-    score: String,
-    decision: &'static str,
-    reasons: String,
+    score: HeaderValue,
+    decision: HeaderValue,
+    reasons: Option<HeaderValue>,
 }
 
 fn risk_headers(a: &Assessment) -> RiskHeaders {
@@ -173,11 +185,41 @@ fn risk_headers(a: &Assessment) -> RiskHeaders {
     } else {
         a.decision
     };
+    let reasons = (!a.score.reasons.is_empty()).then(|| {
+        let len = a.score.reasons.iter().map(|r| r.len() + 1).sum::<usize>();
+        let mut joined = bytes::BytesMut::with_capacity(len);
+        for (i, r) in a.score.reasons.iter().enumerate() {
+            if i > 0 {
+                joined.extend_from_slice(b",");
+            }
+            joined.extend_from_slice(r.as_bytes());
+        }
+        HeaderValue::from_maybe_shared(joined.freeze()).ok()
+    });
     RiskHeaders {
-        score: format!("{:.3}", a.score.value),
-        decision: decision.as_str(),
-        reasons: a.score.reasons.join(","),
+        score: score_header(a.score.value),
+        decision: HeaderValue::from_static(decision.as_str()),
+        reasons: reasons.flatten(),
     }
+}
+
+/// `score` with three decimals (`0.420`), as the x-risk-score header. Scores are in
+/// [0, 1], so the 1,001 possible values are formatted once and shared.
+fn score_header(score: f64) -> HeaderValue {
+    static TABLE: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    let thousandths = (score * 1_000.0).round();
+    if !(0.0..=1_000.0).contains(&thousandths) {
+        return HeaderValue::from_str(&format!("{score:.3}")).unwrap_or_else(|_| HeaderValue::from_static("0.000"));
+    }
+    let table = TABLE.get_or_init(|| {
+        (0..=1_000u32)
+            .map(|t| {
+                let text: &'static str = Box::leak(format!("{}.{:03}", t / 1_000, t % 1_000).into_boxed_str());
+                HeaderValue::from_static(text)
+            })
+            .collect()
+    });
+    table[thousandths as usize].clone()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -187,74 +229,88 @@ async fn forward<S: StateStore>(
     upstream: &Upstream,
     mut parts: http::request::Parts,
     body: ProxyBody,
-    peer: SocketAddr,
-    request_id: &str,
+    peer: &Peer,
+    id: &HeaderValue,
     risk: Option<RiskHeaders>,
     route_name: &str,
 ) -> Response<ProxyBody> {
-    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let uri = match Uri::builder()
-        .scheme("http")
-        .authority(upstream.base.authority().map(|a| a.as_str()).unwrap_or("127.0.0.1"))
-        .path_and_query(path_and_query)
-        .build()
-    {
-        Ok(u) => u,
-        Err(_) => {
-            return local(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "invalid request target",
-                request_id,
-            )
-        }
+    let request_id = id.to_str().unwrap_or("-");
+    // The upstream sees the origin form (`/path?query`); Host stays the client's (or
+    // the authority of an absolute-form target, or else the upstream's).
+    let Some(authority) = upstream.base.authority() else {
+        return local(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unavailable",
+            "the service is unavailable",
+            request_id,
+        );
+    };
+    let connect_to = match authority.port_u16() {
+        Some(_) => std::borrow::Cow::Borrowed(authority.as_str()),
+        None => std::borrow::Cow::Owned(format!("{}:80", authority.as_str())),
     };
     if !parts.headers.contains_key(header::HOST) {
-        if let Some(authority) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, authority);
+        let host = parts.uri.authority().unwrap_or(authority);
+        if let Ok(v) = HeaderValue::from_str(host.as_str()) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let mut origin = http::uri::Parts::default();
+        origin.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        match Uri::from_parts(origin) {
+            Ok(u) => parts.uri = u,
+            Err(_) => {
+                return local(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "invalid request target",
+                    request_id,
+                )
+            }
         }
     }
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
-    for name in [&rt.headers.score, &rt.headers.decision, &rt.headers.reasons] {
-        headers.remove(name);
-    }
-    append_forwarded_for(headers, peer);
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert(rt.headers.request_id.clone(), v);
-    }
-    if let Some(risk) = risk {
-        set(headers, &rt.headers.score, &risk.score);
-        set(headers, &rt.headers.decision, risk.decision);
-        if !risk.reasons.is_empty() {
-            set(headers, &rt.headers.reasons, &risk.reasons);
+    // A client must not be able to hand the upstream a verdict of its own.
+    let risk_names = [&rt.headers.score, &rt.headers.decision, &rt.headers.reasons];
+    if headers.keys().any(|name| risk_names.contains(&name)) {
+        for name in risk_names {
+            headers.remove(name);
         }
     }
-    parts.uri = uri;
+    append_forwarded_for(headers, peer);
+    headers.insert(rt.headers.request_id.clone(), id.clone());
+    if let Some(risk) = risk {
+        headers.insert(rt.headers.score.clone(), risk.score);
+        headers.insert(rt.headers.decision.clone(), risk.decision);
+        if let Some(reasons) = risk.reasons {
+            headers.insert(rt.headers.reasons.clone(), reasons);
+        }
+    }
     parts.version = http::Version::HTTP_11;
     let req = Request::from_parts(parts, body);
 
     let started = Instant::now();
     let timeout = std::time::Duration::from_millis(rt.server.upstream_timeout_ms);
-    let result = tokio::time::timeout(timeout, gw.client.request(req)).await;
+    let result = tokio::time::timeout(timeout, gw.upstreams.send(&connect_to, req)).await;
     let errors = |kind: &str| gw.metrics.upstream_errors.with_label_values(&[route_name, kind]).inc();
     match result {
         Ok(Ok(resp)) => {
-            gw.metrics
-                .upstream_seconds
-                .with_label_values(&[route_name])
-                .observe(started.elapsed().as_secs_f64());
+            gw.metrics.observe_upstream(route_name, started.elapsed().as_secs_f64());
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+            Response::from_parts(parts, body)
         }
-        Ok(Err(e)) if e.is_connect() && is_timeout(&e) => {
+        Ok(Err(UpstreamError::Connect { timeout: true, error })) => {
             errors("timeout");
-            warn!(upstream = %upstream.name, error = %e, "upstream connect timed out");
+            warn!(upstream = %upstream.name, %error, "upstream connect timed out");
             local(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
@@ -263,7 +319,11 @@ async fn forward<S: StateStore>(
             )
         }
         Ok(Err(e)) => {
-            let kind = if e.is_connect() { "connect" } else { "other" };
+            let kind = if matches!(e, UpstreamError::Connect { .. }) {
+                "connect"
+            } else {
+                "other"
+            };
             errors(kind);
             warn!(upstream = %upstream.name, error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
             local(
@@ -286,26 +346,11 @@ async fn forward<S: StateStore>(
     }
 }
 
-fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        cur = err.source();
-    }
-    false
-}
-
-fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name.clone(), v);
-    }
-}
-
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names, no lookups.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -321,9 +366,27 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+/// Whether a header is one of `HOP_BY_HOP` (or `Connection`, which may name more).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
+    if !headers.contains_key(X_FORWARDED_FOR) {
+        headers.insert(X_FORWARDED_FOR, peer.ip_header.clone());
+        return;
+    }
+    let peer = peer.addr;
     let prior: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
@@ -333,18 +396,20 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
         format!("{}, {}", prior.join(", "), peer.ip())
     };
     if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
 }
 
 /// The request id: the client's, when it is a sane token, otherwise a fresh one.
-fn request_id<S>(rt: &Runtime, headers: &HeaderMap, gw: &Gateway<S>) -> String {
+fn request_id<S>(rt: &Runtime, headers: &HeaderMap, gw: &Gateway<S>) -> HeaderValue {
     headers
         .get(&rt.headers.request_id)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(|| gw.next_request_id())
+        .filter(|v| {
+            let v = v.as_bytes();
+            !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic())
+        })
+        .cloned()
+        .unwrap_or_else(|| gw.next_request_id_value())
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

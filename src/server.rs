@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -21,7 +19,7 @@ use tracing::{debug, info, warn};
 use crate::audit::AuditLog;
 use crate::config::StateBackend;
 use crate::metrics::Metrics;
-use crate::proxy::{self, ProxyBody};
+use crate::proxy;
 use crate::runtime::{self, Runtime};
 use crate::state::{Backend, KeyHasher, MemoryState, RedisState, StateStore};
 
@@ -65,7 +63,8 @@ pub struct Gateway<S> {
     pub state: S,
     pub hasher: KeyHasher,
     pub metrics: Metrics,
-    pub client: Client<HttpConnector, ProxyBody>,
+    /// Keep-alive connections to the upstreams (kept across reloads).
+    pub upstreams: Arc<crate::upstream::Pool>,
     pub config_path: PathBuf,
     pub overrides: Overrides,
     pub ready: AtomicBool,
@@ -82,8 +81,28 @@ pub struct Gateway<S> {
 impl<S> Gateway<S> {
     /// A fresh request id: unique per process run, cheap, not a secret.
     pub fn next_request_id(&self) -> String {
+        String::from_utf8_lossy(self.next_request_id_value().as_bytes()).into_owned()
+    }
+
+    /// A fresh request id as a header value (`rg-PREFIX-SEQ`, lower-case hex),
+    /// formatted on the stack: one allocation, shared by every header that carries it.
+    pub fn next_request_id_value(&self) -> http::HeaderValue {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
-        format!("rg-{:08x}-{n:x}", self.request_prefix as u32)
+        let mut buf = [0u8; 3 + 8 + 1 + 16];
+        buf[..3].copy_from_slice(b"rg-");
+        hex(&mut buf[3..11], self.request_prefix as u32 as u64, 8);
+        buf[11] = b'-';
+        let digits = (64 - n.max(1).leading_zeros()).div_ceil(4) as usize;
+        hex(&mut buf[12..12 + digits], n, digits);
+        http::HeaderValue::from_bytes(&buf[..12 + digits]).expect("hex digits are a valid header value")
+    }
+}
+
+/// `value` in `out.len()` lower-case hex digits (zero-padded).
+fn hex(out: &mut [u8], mut value: u64, digits: usize) {
+    for slot in out[..digits].iter_mut().rev() {
+        *slot = b"0123456789abcdef"[(value & 0xf) as usize];
+        value >>= 4;
     }
 }
 
@@ -212,14 +231,11 @@ pub async fn start_with(
     crate::reload::model_outcome(&metrics, &mut rt, None);
     metrics.register_config(&rt);
     metrics.config_last_reload_success.set(1);
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_millis(rt.server.upstream_connect_timeout_ms)));
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_millis(rt.server.upstream_idle_timeout_ms))
-        .pool_max_idle_per_host(rt.server.upstream_max_idle_per_host)
-        .build(connector);
+    let upstreams = crate::upstream::Pool::start(crate::upstream::Settings {
+        connect_timeout: Duration::from_millis(rt.server.upstream_connect_timeout_ms),
+        idle_timeout: Duration::from_millis(rt.server.upstream_idle_timeout_ms),
+        max_idle_per_host: rt.server.upstream_max_idle_per_host,
+    });
     let seed = std::collections::hash_map::RandomState::new();
     let rt_audit = rt.audit.clone();
     let offenders = crate::offenders::Offenders::new(rt.admin.top_capacity, rt.admin.top_window_ms);
@@ -231,7 +247,7 @@ pub async fn start_with(
         state,
         hasher,
         metrics,
-        client,
+        upstreams,
         config_path,
         overrides,
         ready: AtomicBool::new(true),
@@ -275,7 +291,8 @@ async fn serve_proxy<S: StateStore>(gw: Arc<Gateway<S>>, listener: TcpListener, 
                 let _ = stream.set_nodelay(true);
                 let gw = gw.clone();
                 let first_byte = Duration::from_millis(gw.runtime.load().server.header_read_timeout_ms);
-                let service = service_fn(move |req| proxy::handle(gw.clone(), peer, req));
+                let client = proxy::Peer::new(peer);
+                let service = service_fn(move |req| proxy::handle(gw.clone(), client.clone(), req));
                 let io = TokioIo::new(FirstByteDeadline::new(stream, first_byte));
                 let conn = builder.serve_connection(io, service).into_owned();
                 let conn = graceful.watch(conn);

@@ -20,11 +20,17 @@ pub mod servers;
 pub mod target;
 pub mod workload;
 
-/// The servers' runtime: multi-threaded with `workers` workers, as riskgate's, so the
-/// floor pays the same scheduler costs.
+/// The servers' runtime: multi-threaded with `workers` workers, the plain set-up a hyper
+/// server starts with. (riskgate with one worker runs a current-thread runtime instead;
+/// `current_thread` gives the pass-through the same, for comparison: BENCHMARKS.md.)
 pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers.max(1))
         .enable_all()
         .build()
+}
+
+/// A single-threaded runtime.
+pub fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
 }

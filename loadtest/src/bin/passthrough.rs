@@ -10,14 +10,22 @@ struct Args {
     listen: std::net::SocketAddr,
     #[arg(long, default_value = "127.0.0.1:18081")]
     upstream: std::net::SocketAddr,
-    /// Runtime worker threads (1: a single-threaded runtime).
+    /// Worker threads of the multi-threaded runtime.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// A current-thread runtime instead (as riskgate runs with RISKGATE_WORKERS=1).
+    #[arg(long)]
+    current_thread: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    loadtest::runtime(args.workers)?.block_on(async move {
+    let rt = if args.current_thread {
+        loadtest::current_thread()?
+    } else {
+        loadtest::runtime(args.workers)?
+    };
+    rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
         eprintln!(
             "passthrough listening on {} -> {}",
