@@ -19,7 +19,7 @@
 #   riskgate-rules riskgate --shadow, loadtest/configs/rules-only.toml (lists, limits,
 #                  request-shape rules; no graph rules)
 #   riskgate-full  riskgate --shadow, config/riskgate.toml (every signal and rule, audit
-#                  log on) or --full-config FILE (e.g. one with a model)
+#                  log on, the shipped model) or --full-config FILE
 #   nginx          nginx reverse proxy, upstream keep-alive
 #   nginx-limit    the same with limit_req keyed by x-device-id (dry run, so that every
 #                  request is forwarded, as riskgate --shadow does)
@@ -74,12 +74,16 @@ OUT=${OUT:-$WORK/results}
 mkdir -p "$OUT"
 echo "work dir $WORK, results in $OUT"
 
-# Configs are copied next to a copy of the lists, so that the audit log lands in WORK.
-cp -r "$ROOT/config/lists" "$WORK/lists"
-cp "$RULES_CONFIG" "$WORK/rules.toml"
+# Configs are copied next to a copy of the lists, so that the audit log lands in WORK,
+# in the repository's layout (config/ beside models/), so that the default config's
+# relative model path finds the shipped model.
+mkdir -p "$WORK/config"
+cp -r "$ROOT/config/lists" "$WORK/config/lists"
+ln -s "$ROOT/models" "$WORK/models"
+cp "$RULES_CONFIG" "$WORK/config/rules.toml"
 if [ -z "$FULL_CONFIG" ]; then
-    cp "$ROOT/config/riskgate.toml" "$WORK/full.toml"
-    FULL="$WORK/full.toml"
+    cp "$ROOT/config/riskgate.toml" "$WORK/config/full.toml"
+    FULL="$WORK/config/full.toml"
 else
     FULL="$FULL_CONFIG"
 fi
@@ -103,7 +107,7 @@ PIDS+=($!); SERVER_PID[passthrough]=$!
 taskset -c "$SERVER_CPU" "$BIN/passthrough" --listen 127.0.0.1:${PORT[passthrough-ct]} --upstream $UP --current-thread 2>"$WORK/passthrough-ct.log" &
 PIDS+=($!); SERVER_PID[passthrough-ct]=$!
 for row in rules full; do
-    cfg="$WORK/rules.toml"; [ $row = full ] && cfg="$FULL"
+    cfg="$WORK/config/rules.toml"; [ $row = full ] && cfg="$FULL"
     port=${PORT[riskgate-$row]}
     RUST_LOG=warn RISKGATE_WORKERS=1 taskset -c "$SERVER_CPU" "$BIN/riskgate" serve --config "$cfg" --shadow \
         --listen 127.0.0.1:$port --admin-listen 127.0.0.1:$((port + 1000)) --upstream http://$UP \
@@ -166,6 +170,11 @@ for name in "${!PORT[@]}"; do
     [ "$code" = 200 ] || { echo "bench.sh: $name does not answer 200 (got $code)" >&2; exit 1; }
 done
 NGINX_WORKERS=$(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')
+# "Fully on" means with the trained model: refuse to measure a riskgate that runs without it.
+if [ -z "$FULL_CONFIG" ] && ! curl -s "http://127.0.0.1:$((${PORT[riskgate-full]} + 1000))/metrics" \
+        | grep -q '^riskgate_model_loaded 1'; then
+    echo "bench.sh: riskgate-full has no model loaded (see $WORK/riskgate-full.log)" >&2; exit 1
+fi
 
 # (Every server is started as `taskset ... PROGRAM &`: taskset execs the program, so $!
 # is the server's own pid, for /proc/PID/stat and for stopping it.)

@@ -436,7 +436,7 @@ fn request_shape_stale_app_versions_user_agents_per_device_and_task_bursts() {
     }
     let a = last.unwrap();
     assert_eq!(f(&a, "inviter_burst_after_lull"), 5.0);
-    // The same burst right after other assists is a busy inviter, not a lull.
+    // One more within the minute still belongs to the burst.
     let b = w.send(Req::assist(
         2 * 3_600_000 + 50_000,
         "task-5",
@@ -452,6 +452,7 @@ fn request_shape_stale_app_versions_user_agents_per_device_and_task_bursts() {
         "198.18.21.1",
         "poster",
     ));
+    // Later, the burst is history: assists in the hour before this minute, no lull.
     assert_eq!(f(&c, "inviter_burst_after_lull"), 0.0, "assists before this minute");
 }
 
