@@ -245,10 +245,6 @@ async fn forward<S: StateStore>(
             request_id,
         );
     };
-    let connect_to = match authority.port_u16() {
-        Some(_) => std::borrow::Cow::Borrowed(authority.as_str()),
-        None => std::borrow::Cow::Owned(format!("{}:80", authority.as_str())),
-    };
     if !parts.headers.contains_key(header::HOST) {
         let host = parts.uri.authority().unwrap_or(authority);
         if let Ok(v) = HeaderValue::from_str(host.as_str()) {
@@ -299,7 +295,7 @@ async fn forward<S: StateStore>(
 
     let started = Instant::now();
     let timeout = std::time::Duration::from_millis(rt.server.upstream_timeout_ms);
-    let result = tokio::time::timeout(timeout, gw.upstreams.send(&connect_to, req)).await;
+    let result = tokio::time::timeout(timeout, gw.upstreams.send(&upstream.connect_to, req)).await;
     let errors = |kind: &str| gw.metrics.upstream_errors.with_label_values(&[route_name, kind]).inc();
     match result {
         Ok(Ok(resp)) => {

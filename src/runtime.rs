@@ -90,6 +90,26 @@ pub struct Upstream {
     pub name: String,
     /// `http://host:port`, no path.
     pub base: Uri,
+    /// `host:port` to connect to (port 80 when the URL names none), derived once here
+    /// rather than per forwarded request.
+    pub connect_to: String,
+}
+
+impl Upstream {
+    /// The upstream `name` at `url` (an `http://` URL with a host and no path).
+    fn parse(name: &str, url: &str) -> Result<Upstream, String> {
+        let base = parse_upstream(url)?;
+        let authority = base.authority().map_or("", |a| a.as_str());
+        let connect_to = match base.port_u16() {
+            Some(_) => authority.to_string(),
+            None => format!("{authority}:80"),
+        };
+        Ok(Upstream {
+            name: name.to_string(),
+            base,
+            connect_to,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -361,15 +381,9 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
 
     let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
     for (name, u) in &file.upstreams {
-        match parse_upstream(u.url.get_ref()) {
-            Ok(base) => {
-                upstreams.insert(
-                    name,
-                    Arc::new(Upstream {
-                        name: name.clone(),
-                        base,
-                    }),
-                );
+        match Upstream::parse(name, u.url.get_ref()) {
+            Ok(up) => {
+                upstreams.insert(name, Arc::new(up));
             }
             Err(msg) => p.at(Some(u.url.span()), format!("upstreams.{name}.url"), msg),
         }
@@ -789,10 +803,7 @@ impl Runtime {
 
     /// Replaces every upstream (the `--upstream` flag).
     pub fn override_upstream(&mut self, url: &str) -> Result<(), String> {
-        let up = Arc::new(Upstream {
-            name: "default".into(),
-            base: parse_upstream(url)?,
-        });
+        let up = Arc::new(Upstream::parse("default", url)?);
         for r in &mut self.routes {
             r.upstream = up.clone();
         }

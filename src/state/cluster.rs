@@ -107,7 +107,8 @@ pub struct ClusterStep {
     /// The id a cluster formed by this request gets (nonzero).
     pub new_id: u64,
     /// The request's graph nodes: (pointer key, the cluster it points at or 0), the
-    /// account first when there is one.
+    /// account first when there is one. Read with `BoundedMap::update`, so that reading
+    /// keeps the pointer as warm as its node; `step` writes only pointers that change.
     pub nodes: smallvec::SmallVec<[(u64, u64); 4]>,
     /// Whether `nodes[0]` is the account.
     pub has_account: bool,
@@ -206,9 +207,6 @@ pub fn step(
     for (key, pointer) in &s.nodes {
         if *pointer != win_id {
             pointers.update(*key, now_ms, |p, _| *p = win_id);
-        } else {
-            // Keep the pointer as warm as the node it belongs to.
-            pointers.update(*key, now_ms, |_, _| {});
         }
     }
     out
@@ -239,7 +237,7 @@ mod tests {
         fn request(&mut self, t: u64, account: u64, links: &[u64], claim: bool) -> ClusterReadout {
             let mut nodes = smallvec::SmallVec::new();
             for k in std::iter::once(&account).chain(links) {
-                nodes.push((*k, self.pointers.peek(*k, |p| *p).unwrap_or(0)));
+                nodes.push((*k, self.pointers.update(*k, t, |p, _| *p)));
             }
             self.next += 1;
             let s = ClusterStep {

@@ -212,7 +212,7 @@ impl MemoryState {
     /// identities that link accounts (device, phone, payment account). Addresses do not:
     /// one office or one parcel locker receives many unrelated people's orders.
     fn cluster(&self, obs: &Observation, out: &Readout) -> [u32; 3] {
-        let step = cluster_step(obs, out, |k| self.pointers.peek(k, |p| *p).unwrap_or(0));
+        let step = cluster_step(obs, out, |k| self.pointers.update(k, obs.ts_ms, |p, _| *p));
         cluster::step(&self.pointers, &self.clusters, &step, obs.ts_ms)
     }
 
