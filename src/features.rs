@@ -4,7 +4,7 @@
 //! mean one thing to a rule and another to the classifier.
 
 /// Bumped whenever a feature is added, removed, renamed or changes meaning.
-pub const FEATURE_SET_VERSION: &str = "rg-features-3";
+pub const FEATURE_SET_VERSION: &str = "rg-features-4";
 
 macro_rules! features {
     ($( $variant:ident => $name:literal, $window:literal, $meaning:literal; )*) => {
@@ -102,6 +102,9 @@ features! {
     PrefixNewDevices24h => "prefix_new_devices_24h", "24 h", "devices first seen whose id starts like this one's";
     UasPerDevice1h => "uas_per_device_1h", "1 h", "distinct user-agent strings this device sent (a spoofed or replayed device id)";
     UasPerDevice24h => "uas_per_device_24h", "24 h", "distinct user-agent strings this device sent";
+    UaHastyDevices1h => "ua_hasty_devices_1h", "1 h", "for a hasty first request (a device first seen under signals.new_account_s ago, its first request on this route, its account browsed at most once): new devices with this exact user agent that made one here, else 0";
+    UaHastyShare1h => "ua_hasty_share_1h", "1 h", "for a hasty first request: ua_hasty_devices_1h / first requests here of new devices with this user agent (0-1), else 0";
+    UaHastyLift1h => "ua_hasty_lift_1h", "1 h", "for a hasty first request: ua_hasty_share_1h / the same share of every other user agent on this route (a cloned device profile, not a rush; 0 when there is no other), else 0";
     InviterNewInvitees1h => "inviter_new_invitees_1h", "1 h", "brand-new accounts (see signals.new_account_s) that assisted this inviter";
     InviterNewInvitees24h => "inviter_new_invitees_24h", "24 h", "brand-new accounts that assisted this inviter";
     InviterNewShare1h => "inviter_new_share_1h", "1 h", "share of this inviter's invitees that were brand new (0-1)";

@@ -70,6 +70,22 @@ pub async fn observe<S: StateStore>(
     windows(&mut f, Feature::UaNewDevices1h, &r.ua_new_devices);
     windows(&mut f, Feature::UasPerDevice1h, &r.uas_per_device);
     windows(&mut f, Feature::PrefixNewDevices1h, &r.prefix_new_devices);
+    let [ua_hasty, ua_first, route_hasty, route_first] = r.first_requests;
+    if ua_first > 0 && r.browse[0] <= 1 {
+        let share = (f64::from(ua_hasty) / f64::from(ua_first)).min(1.0);
+        // Against every other user agent on the route, so that a crew making most of a
+        // quiet route's traffic does not set its own baseline.
+        let others_first = route_first.saturating_sub(ua_first);
+        let lift = if others_first > 0 {
+            let others = f64::from(route_hasty.saturating_sub(ua_hasty)) / f64::from(others_first);
+            (share / others.max(0.01)).min(100.0)
+        } else {
+            0.0
+        };
+        f.set(Feature::UaHastyDevices1h, f64::from(ua_hasty));
+        f.set(Feature::UaHastyShare1h, share);
+        f.set(Feature::UaHastyLift1h, lift);
+    }
     let [cluster, cluster_new, cluster_claimed] = r.cluster.map(f64::from);
     f.set(Feature::ClusterAccounts24h, cluster);
     f.set(Feature::ClusterNewAccounts1h, cluster_new);

@@ -340,6 +340,83 @@ fn cloned_device_profiles_count_new_devices_per_user_agent() {
     assert_eq!(f(&a, "ua_new_devices_1h"), 3.0);
 }
 
+/// Ordinary new devices on a popular phone: each browses a few pages before it claims,
+/// and one in three goes straight for the coupon.
+fn popular_phone_traffic(w: &World, n: u64) {
+    for i in 0..n {
+        let (user, device) = (format!("person-{i}"), format!("person-dev-{i}"));
+        let ip = format!("198.18.{}.{}", 40 + i / 200, 1 + i % 200);
+        let t = i * 10_000;
+        if i % 3 != 0 {
+            for k in 0..3 {
+                w.send(Req::browse(t + k * 1_000, &user, &device, &ip));
+            }
+        }
+        let a = w.send(Req::claim(t + 5_000, &user, &device, &ip));
+        assert!(!a.score.reasons.contains(&"cloned_profile_rush".to_string()));
+    }
+}
+
+#[test]
+fn a_cloned_device_profile_rushing_to_claim_is_seen_against_the_routes_usual_haste() {
+    let w = World::new();
+    popular_phone_traffic(&w, 30);
+    const CLONE: &str = "Mozilla/5.0 (Linux; Android 10; SM-G9600) MicroMessenger/8.0.40";
+    let mut reads = Vec::new();
+    for i in 0..5u64 {
+        let (user, device) = (format!("clone-{i}"), format!("clone-dev-{i}"));
+        let ip = format!("198.19.7.{}", 10 + i);
+        let t = 310_000 + i * 20_000;
+        let mut browse = Req::browse(t, &user, &device, &ip);
+        browse.ua = CLONE;
+        w.send(browse);
+        let mut claim = Req::claim(t + 2_000, &user, &device, &ip);
+        claim.ua = CLONE;
+        reads.push(w.send(claim));
+    }
+    let hasty: Vec<f64> = reads.iter().map(|a| f(a, "ua_hasty_devices_1h")).collect();
+    assert_eq!(hasty, [1.0, 2.0, 3.0, 4.0, 5.0]);
+    assert!(reads.iter().all(|a| f(a, "ua_hasty_share_1h") == 1.0));
+    // Against the route's other user agents: 10 of the 30 people were hasty.
+    assert!(reads.iter().all(|a| f(a, "ua_hasty_lift_1h") == 3.0));
+    assert!(!reads[2].score.reasons.contains(&"cloned_profile_rush".to_string()));
+    assert!(reads[3].score.reasons.contains(&"cloned_profile_rush".to_string()));
+    assert!(
+        reads[4].decision.stops(),
+        "{:?} {:?}",
+        reads[4].decision,
+        reads[4].score
+    );
+
+    // A device's second claim is not a first request: nothing to read.
+    let mut again = Req::claim(500_000, "clone-0", "clone-dev-0", "198.19.7.10");
+    again.ua = CLONE;
+    let a = w.send(again);
+    assert_eq!(f(&a, "ua_hasty_devices_1h"), 0.0);
+    assert_eq!(f(&a, "ua_hasty_share_1h"), 0.0);
+}
+
+#[test]
+fn a_rush_where_everyone_is_hasty_is_not_a_cloned_profile() {
+    let w = World::new();
+    // A flash sale: every new device goes straight for the coupon, most on one phone.
+    let mut last = None;
+    for i in 0..20u64 {
+        let (user, device) = (format!("rush-{i}"), format!("rush-dev-{i}"));
+        let ip = format!("198.18.9.{}", 1 + i);
+        let mut claim = Req::claim(i * 500, &user, &device, &ip);
+        if i % 4 == 0 {
+            claim.ua = "Mozilla/5.0 (Linux; Android 14; PHB110) MicroMessenger/8.0.50";
+        }
+        last = Some(w.send(claim));
+    }
+    let a = last.unwrap();
+    assert_eq!(f(&a, "ua_hasty_devices_1h"), 15.0);
+    assert_eq!(f(&a, "ua_hasty_share_1h"), 1.0);
+    assert_eq!(f(&a, "ua_hasty_lift_1h"), 1.0);
+    assert!(!a.score.reasons.contains(&"cloned_profile_rush".to_string()));
+}
+
 #[test]
 fn a_fake_order_crew_is_one_cluster_through_its_payment_account() {
     let w = World::new();

@@ -14,8 +14,8 @@ use super::cluster::{self, ClusterEntry, ClusterStep};
 use super::window::{DistinctSet, Windows, DISTINCT_CAP};
 use super::{
     combine, fingerprint, KeyKind, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats, COUNTED,
-    DISTINCT, DISTINCT_WINDOWS_S, TAG_ASSISTED, TAG_BROWSE, TAG_CLUSTER, TAG_INVITEE_SUBNETS, TAG_NEW_DEVICES,
-    TAG_NEW_INVITEES, TAG_NEW_USERS, TAG_PREFIX_NEW_DEVICES, TAG_SUBNETS, TAG_UAS,
+    DISTINCT, DISTINCT_WINDOWS_S, TAG_ASSISTED, TAG_BROWSE, TAG_CLUSTER, TAG_HASTY, TAG_INVITEE_SUBNETS,
+    TAG_NEW_DEVICES, TAG_NEW_FIRST, TAG_NEW_INVITEES, TAG_NEW_USERS, TAG_PREFIX_NEW_DEVICES, TAG_SUBNETS, TAG_UAS,
 };
 
 /// Per identity (global across routes): when it was first seen, the timing of its
@@ -164,6 +164,21 @@ impl MemoryState {
                     e.members.add(fingerprint(ua), now_s, DISTINCT_WINDOWS_S)
                 });
             }
+        }
+
+        // A new device's first request on this route: hasty when its account browsed at
+        // most once. A cloned device profile sends hasty first requests one after another.
+        let device_day = out.counts[KeyKind::Device as usize][3];
+        let new_device = out.device_age_ms.is_some_and(|age| age < obs.new_account_ms);
+        if let (Some(ua), false, 1, true) = (key(KeyKind::UserAgent), obs.browse, device_day, new_device) {
+            let hasty = out.browse[0] <= 1;
+            let ua_route = combine(ua, obs.route);
+            out.first_requests = [
+                counter(ua_route, TAG_HASTY, hasty)[0],
+                counter(ua_route, TAG_NEW_FIRST, true)[0],
+                counter(obs.route, TAG_HASTY, hasty)[0],
+                counter(obs.route, TAG_NEW_FIRST, true)[0],
+            ];
         }
 
         // The referral graph: who assisted whom, and where the inviter was seen.

@@ -33,6 +33,8 @@ pub(crate) const TAG_CLUSTER: u64 = 0xB6;
 pub(crate) const TAG_UAS: u64 = 0xB7;
 pub(crate) const TAG_INVITEE_SUBNETS: u64 = 0xB8;
 pub(crate) const TAG_PREFIX_NEW_DEVICES: u64 = 0xB9;
+pub(crate) const TAG_HASTY: u64 = 0xBA;
+pub(crate) const TAG_NEW_FIRST: u64 = 0xBB;
 
 /// A member's fingerprint in a distinct set: the top half of its key.
 pub(crate) fn fingerprint(key: u64) -> u32 {
@@ -176,6 +178,11 @@ pub struct Readout {
     pub prefix_new_devices: [u32; 2],
     /// Distinct user-agent strings this device sent.
     pub uas_per_device: [u32; 2],
+    /// Only for a new device's first request on this route (else zeros), over 1 h: new
+    /// devices with this user agent whose first request here was hasty (their account
+    /// browsed at most once), all such first requests with this user agent, and the same
+    /// two route-wide. A hasty request reads the hasty counts, bumps both.
+    pub first_requests: [u32; 4],
     /// The account's cluster (`cluster.rs`): accounts, brand-new accounts that joined
     /// in the last hour, accounts that made their first request on this campaign × route.
     pub cluster: [u32; 3],

@@ -236,12 +236,14 @@ local function push(values)
 end
 
 -- Slots 1-8: per-route counters of the counted key kinds.
-local user_day = 0
+local user_day, device_day = 0, 0
 for i = 1, 8 do
   if slot[i] then
     local w = windows(slot[i], true)
     if i == 1 then
       user_day = w[4]
+    elseif i == 2 then
+      device_day = w[4]
     end
     push(w)
   else
@@ -286,7 +288,8 @@ local function derived(s, bump)
   local w = windows(slot[s], bump)
   return {w[3], w[4]}
 end
-push(derived(19, browsing))
+local browse = derived(19, browsing)
+push(browse)
 push(derived(20, user_new))
 push(derived(21, user_new))
 push(derived(22, user_new))
@@ -507,11 +510,20 @@ end
 -- Slot 34: new devices per device-id prefix.
 push(derived(34, device_new))
 
--- Slots 35-: GCRA cells (governor's algorithm) in microseconds of event time:
+-- Slots 35-38: a new device's first request on this route, hasty when its account
+-- browsed at most once: per user agent (hasty, all) and route-wide (hasty, all), 1 h.
+if slot[35] and not browsing and device_day == 1 and device_age >= 0 and device_age < new_account_ms then
+  local hasty = browse[1] <= 1
+  push({derived(35, hasty)[1], derived(36, true)[1], derived(37, hasty)[1], derived(38, true)[1]})
+else
+  push({0, 0, 0, 0})
+end
+
+-- Slots 39-: GCRA cells (governor's algorithm) in microseconds of event time:
 -- 0 = allowed, otherwise the wait in ms.
 local now_us = now * 1000
 for i = 1, nlimits do
-  local key = slot[34 + i]
+  local key = slot[38 + i]
   local t = tonumber(ARGV[16 + 2 * i])
   local tau = tonumber(ARGV[17 + 2 * i])
   local tat = tonumber(cache[key]) or now_us
