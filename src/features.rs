@@ -4,7 +4,7 @@
 //! mean one thing to a rule and another to the classifier.
 
 /// Bumped whenever a feature is added, removed, renamed or changes meaning.
-pub const FEATURE_SET_VERSION: &str = "rg-features-4";
+pub const FEATURE_SET_VERSION: &str = "rg-features-5";
 
 macro_rules! features {
     ($( $variant:ident => $name:literal, $window:literal, $meaning:literal; )*) => {
@@ -108,6 +108,8 @@ features! {
     InviterNewInvitees1h => "inviter_new_invitees_1h", "1 h", "brand-new accounts (see signals.new_account_s) that assisted this inviter";
     InviterNewInvitees24h => "inviter_new_invitees_24h", "24 h", "brand-new accounts that assisted this inviter";
     InviterNewShare1h => "inviter_new_share_1h", "1 h", "share of this inviter's invitees that were brand new (0-1)";
+    InviterBlindInvitees1h => "inviter_blind_invitees_1h", "1 h", "assists for this inviter by accounts that had viewed no campaign or item page in the hour before (a task link, not a friend's share card)";
+    InviterBlindShare1h => "inviter_blind_share_1h", "1 h", "inviter_blind_invitees_1h / users_per_inviter_1h (0-1)";
     InviterInviteeSubnets24h => "inviter_invitee_subnets_24h", "24 h", "distinct /24 or /64 networks this inviter's invitees assisted from";
     InviterSubnetShare24h => "inviter_subnet_share_24h", "24 h", "1 - invitee networks / invitees (0-1): the inviter's invitees sharing networks with each other";
     InviterOnDevice => "inviter_on_device", "24 h", "1 when the inviter's account was seen on this device";

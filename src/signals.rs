@@ -104,6 +104,9 @@ pub async fn observe<S: StateStore>(
         Feature::InviterNewShare1h,
         (f64::from(r.inviter_new_invitees[0]) / fan_out).min(1.0),
     );
+    let blind = r.inviter_blind_invitees[0];
+    f.set(Feature::InviterBlindInvitees1h, f64::from(blind));
+    f.set(Feature::InviterBlindShare1h, (f64::from(blind) / fan_out).min(1.0));
     let invitee_subnets = r.inviter_invitee_subnets[1];
     f.set(Feature::InviterInviteeSubnets24h, f64::from(invitee_subnets));
     let invitees = r.distinct[5][1];

@@ -184,6 +184,11 @@ burst = 5
 name = "device_farm"
 when = "users_per_device_24h >= 3"
 score = 0.9
+
+# Generous, so that a loaded machine (the first call loads the script) does not turn a
+# slow answer into the degradation policy's.
+[state]
+timeout_ms = 2000
 "#,
     ));
     let (a, b) = (

@@ -239,6 +239,49 @@ fn a_crowd_assisting_one_inviter_in_a_burst_is_stopped() {
 }
 
 #[test]
+fn a_task_link_shows_in_invitees_that_skip_the_campaign_page() {
+    let w = World::new();
+    // Friends open the share card, land on the campaign page, then assist: slowly, and
+    // every one of them browsed first.
+    for i in 0..5u64 {
+        let (user, device, ip) = (
+            format!("friend-{i}"),
+            format!("friend-phone-{i}"),
+            format!("198.18.{i}.7"),
+        );
+        w.send(Req::browse(i * 120_000, &user, &device, &ip));
+        let a = w.send(Req::assist(i * 120_000 + 8_000, &user, &device, &ip, "influencer"));
+        assert_eq!(f(&a, "inviter_blind_invitees_1h"), 0.0);
+        assert!(!a.decision.stops());
+    }
+    // A crowd on a task link, two minutes apart (no burst within a minute): some go
+    // straight to the assist.
+    let mut reads = Vec::new();
+    for i in 0..6u64 {
+        let (user, device, ip) = (
+            format!("worker-{i}"),
+            format!("worker-phone-{i}"),
+            format!("198.19.{i}.8"),
+        );
+        let t = i * 120_000;
+        if i % 2 == 1 {
+            w.send(Req::browse(t, &user, &device, &ip));
+        }
+        reads.push(w.send(Req::assist(t + 4_000, &user, &device, &ip, "task-poster")));
+    }
+    let blind: Vec<f64> = reads.iter().map(|a| f(a, "inviter_blind_invitees_1h")).collect();
+    assert_eq!(blind, [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]);
+    assert_eq!(f(&reads[5], "inviter_blind_share_1h"), 0.5);
+    assert!(reads.iter().all(|a| f(a, "inviter_reqs_1m") == 1.0));
+    // From the third blind invitee on, every invitee of that inviter is stopped, those
+    // who browsed too.
+    assert!(!reads[3].score.reasons.contains(&"inviter_task_link".to_string()));
+    assert!(reads[4].score.reasons.contains(&"inviter_task_link".to_string()));
+    assert!(reads[5].score.reasons.contains(&"inviter_task_link".to_string()));
+    assert!(reads[5].decision.stops());
+}
+
+#[test]
 fn machine_regular_timing_without_a_funnel_is_a_script() {
     let w = World::new();
     let mut last = None;

@@ -14,8 +14,9 @@ use super::cluster::{self, ClusterEntry, ClusterStep};
 use super::window::{DistinctSet, Windows, DISTINCT_CAP};
 use super::{
     combine, fingerprint, KeyKind, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats, COUNTED,
-    DISTINCT, DISTINCT_WINDOWS_S, TAG_ASSISTED, TAG_BROWSE, TAG_CLUSTER, TAG_HASTY, TAG_INVITEE_SUBNETS,
-    TAG_NEW_DEVICES, TAG_NEW_FIRST, TAG_NEW_INVITEES, TAG_NEW_USERS, TAG_PREFIX_NEW_DEVICES, TAG_SUBNETS, TAG_UAS,
+    DISTINCT, DISTINCT_WINDOWS_S, TAG_ASSISTED, TAG_BLIND_INVITEES, TAG_BROWSE, TAG_CLUSTER, TAG_HASTY,
+    TAG_INVITEE_SUBNETS, TAG_NEW_DEVICES, TAG_NEW_FIRST, TAG_NEW_INVITEES, TAG_NEW_USERS, TAG_PREFIX_NEW_DEVICES,
+    TAG_SUBNETS, TAG_UAS,
 };
 
 /// Per identity (global across routes): when it was first seen, the timing of its
@@ -187,6 +188,7 @@ impl MemoryState {
         {
             let brand_new = out.user_age_ms.unwrap_or(0) < obs.new_account_ms;
             out.inviter_new_invitees = counter(inviter, TAG_NEW_INVITEES, brand_new);
+            out.inviter_blind_invitees = counter(inviter, TAG_BLIND_INVITEES, out.browse[0] == 0);
             let day = DISTINCT_WINDOWS_S[1];
             let inviter_fp = fingerprint(inviter_user);
             let seen_with = |k: Option<u64>| {

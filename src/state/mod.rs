@@ -35,6 +35,7 @@ pub(crate) const TAG_INVITEE_SUBNETS: u64 = 0xB8;
 pub(crate) const TAG_PREFIX_NEW_DEVICES: u64 = 0xB9;
 pub(crate) const TAG_HASTY: u64 = 0xBA;
 pub(crate) const TAG_NEW_FIRST: u64 = 0xBB;
+pub(crate) const TAG_BLIND_INVITEES: u64 = 0xBC;
 
 /// A member's fingerprint in a distinct set: the top half of its key.
 pub(crate) fn fingerprint(key: u64) -> u32 {
@@ -188,6 +189,8 @@ pub struct Readout {
     pub cluster: [u32; 3],
     /// Brand-new accounts that assisted this inviter.
     pub inviter_new_invitees: [u32; 2],
+    /// Assists for this inviter by accounts that had browsed nothing in the last hour.
+    pub inviter_blind_invitees: [u32; 2],
     /// The inviter's account was seen on this device / subnet.
     pub inviter_on_device: bool,
     pub inviter_on_subnet: bool,

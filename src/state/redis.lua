@@ -519,11 +519,18 @@ else
   push({0, 0, 0, 0})
 end
 
--- Slots 39-: GCRA cells (governor's algorithm) in microseconds of event time:
+-- Slot 39: assists for the inviter by accounts that browsed nothing in the last hour.
+if slot[39] then
+  push(derived(39, browse[1] == 0))
+else
+  push({0, 0})
+end
+
+-- Slots 40-: GCRA cells (governor's algorithm) in microseconds of event time:
 -- 0 = allowed, otherwise the wait in ms.
 local now_us = now * 1000
 for i = 1, nlimits do
-  local key = slot[38 + i]
+  local key = slot[39 + i]
   local t = tonumber(ARGV[16 + 2 * i])
   local tau = tonumber(ARGV[17 + 2 * i])
   local tat = tonumber(cache[key]) or now_us

@@ -39,15 +39,15 @@ use ::redis::{Script, Value};
 use super::memory::{new_cluster_id, MemoryState};
 use super::{
     combine, fingerprint, KeyKind, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats, COUNTED,
-    DISTINCT, TAG_ASSISTED, TAG_BROWSE, TAG_CLUSTER, TAG_HASTY, TAG_INVITEE_SUBNETS, TAG_NEW_DEVICES, TAG_NEW_FIRST,
-    TAG_NEW_INVITEES, TAG_NEW_USERS, TAG_PREFIX_NEW_DEVICES, TAG_SUBNETS, TAG_UAS,
+    DISTINCT, TAG_ASSISTED, TAG_BLIND_INVITEES, TAG_BROWSE, TAG_CLUSTER, TAG_HASTY, TAG_INVITEE_SUBNETS,
+    TAG_NEW_DEVICES, TAG_NEW_FIRST, TAG_NEW_INVITEES, TAG_NEW_USERS, TAG_PREFIX_NEW_DEVICES, TAG_SUBNETS, TAG_UAS,
 };
 use crate::config::StateConfig;
 
 const SCRIPT: &str = include_str!("redis.lua");
 
 /// Fixed slots of the script before the limit cells (see `redis.lua`).
-const FIXED_SLOTS: usize = 38;
+const FIXED_SLOTS: usize = 39;
 
 /// After a failed call (or `TIMEOUTS_BEFORE_SKIPPING` timeouts in a row), requests
 /// skip Redis for this long and degrade at once, so that an outage costs one failed call
@@ -288,7 +288,9 @@ impl RedisState {
         ] {
             slots.push(derived(k, tag));
         }
-        // 39-: limit cells.
+        // 39: the inviter's assists by accounts that browsed nothing.
+        slots.push(referral.map(|(inviter, _, _)| self.key('w', combine(inviter, TAG_BLIND_INVITEES))));
+        // 40-: limit cells.
         for l in &obs.limits {
             slots.push(Some(self.key('l', l.key)));
         }
@@ -381,7 +383,7 @@ impl RedisState {
 
 /// The script's flat reply → a `Readout`.
 fn readout(v: &[i64], limits: usize) -> Result<Readout, StateError> {
-    const FIXED: usize = 32 + 16 + 4 + 2 + 6 + 2 + 2 + 2 + 4 + 2 + 3 + 2 + 2 + 4;
+    const FIXED: usize = 32 + 16 + 4 + 2 + 6 + 2 + 2 + 2 + 4 + 2 + 3 + 2 + 2 + 4 + 2;
     if v.len() != FIXED + limits {
         return Err(StateError::Unavailable(format!(
             "the state script answered {} values, expected {}",
@@ -423,7 +425,8 @@ fn readout(v: &[i64], limits: usize) -> Result<Readout, StateError> {
     r.inviter_invitee_subnets = pair(i + 5);
     r.prefix_new_devices = pair(i + 7);
     r.first_requests = [n(i + 9), n(i + 10), n(i + 11), n(i + 12)];
-    i += 13;
+    r.inviter_blind_invitees = pair(i + 13);
+    i += 15;
     r.limits = v[i..]
         .iter()
         .map(|ms| match *ms {
@@ -475,7 +478,7 @@ mod tests {
 
     #[test]
     fn readout_layout_round_trips() {
-        let mut v: Vec<i64> = (0..83).collect();
+        let mut v: Vec<i64> = (0..85).collect();
         v[48] = -1; // no account
         v.push(0);
         v.push(1_500);
@@ -485,6 +488,7 @@ mod tests {
         assert_eq!(r.inviter_invitee_subnets, [75, 76]);
         assert_eq!(r.prefix_new_devices, [77, 78]);
         assert_eq!(r.first_requests, [79, 80, 81, 82]);
+        assert_eq!(r.inviter_blind_invitees, [83, 84]);
         assert_eq!(r.counts[0], [0, 1, 2, 3]);
         assert_eq!(r.counts[7], [28, 29, 30, 31]);
         assert_eq!(r.distinct[0], [32, 33]);
