@@ -36,9 +36,10 @@ const BUILTINS: &[(&str, &str)] = &[
     ("default", include_str!("../config/scenarios/default.toml")),
     ("demo", include_str!("../config/scenarios/demo.toml")),
     ("small", include_str!("../config/scenarios/small.toml")),
+    ("shifted", include_str!("../config/scenarios/shifted.toml")),
 ];
 
-const BUILTIN_NAMES: &[&str] = &["default", "demo", "small"];
+const BUILTIN_NAMES: &[&str] = &["default", "demo", "small", "shifted"];
 
 /// The legitimate segments, in generation order.
 pub const SEGMENTS: &[&str] = &[

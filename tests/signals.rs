@@ -214,6 +214,25 @@ fn referral_rings_chains_and_self_invites_are_seen() {
 }
 
 #[test]
+fn a_household_invite_is_reviewed_a_ring_through_shared_phones_is_stopped() {
+    let w = World::new();
+    // One home network: E invites her husband F on his own phone. Forwarded.
+    w.send(Req::claim(0, "E", "phone-e", "198.51.100.40"));
+    w.send(Req::browse(40_000, "F", "phone-f", "198.51.100.41"));
+    w.send(Req::browse(50_000, "F", "phone-f", "198.51.100.41"));
+    let f_ = w.send(Req::assist(60_000, "F", "phone-f", "198.51.100.41", "E"));
+    assert_eq!(f(&f_, "inviter_on_subnet"), 1.0);
+    assert!(!f_.decision.stops(), "{:?}", f_.score.reasons);
+    // A ring on one network runs its invitees through two phones that carry accounts.
+    w.send(Req::claim(100_000, "R", "ring-phone-1", "198.51.101.7"));
+    w.send(Req::browse(110_000, "R2", "ring-phone-2", "198.51.101.8"));
+    let g = w.send(Req::assist(120_000, "R3", "ring-phone-2", "198.51.101.9", "R"));
+    assert_eq!(f(&g, "users_per_device_24h"), 2.0);
+    assert!(g.score.reasons.contains(&"self_invite_shared_phone".to_string()));
+    assert!(g.decision.stops(), "{:?}", g.score.reasons);
+}
+
+#[test]
 fn a_crowd_assisting_one_inviter_in_a_burst_is_stopped() {
     let w = World::new();
     let mut last = None;
