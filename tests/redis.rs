@@ -611,7 +611,10 @@ fn both_backends_read_out_the_same_on_random_observations() {
         governor::Quota::per_hour(std::num::NonZeroU32::new(20).unwrap()),
     ];
     let mut now = 1_762_819_200_000u64;
-    for i in 0..4_000 {
+    let mut exercised = [0u32; 4];
+    // The last 2,000 bring fresh devices, so that many requests are a new device's
+    // first on a route, from accounts with a browsing history of any length.
+    for i in 0..6_000 {
         now = match rand(20) {
             0 => now.saturating_sub(rand(5_000)),
             1 => now + 3_600_000 + rand(20 * 3_600_000),
@@ -623,7 +626,11 @@ fn both_backends_read_out_the_same_on_random_observations() {
             (rand(100) < present).then(|| h.key(kind, &format!("{}-{}", kind.name(), rand(pool))))
         };
         keys[KeyKind::User as usize] = pick(KeyKind::User, 70, 95);
-        keys[KeyKind::Device as usize] = pick(KeyKind::Device, 45, 90);
+        keys[KeyKind::Device as usize] = if i < 4_000 {
+            pick(KeyKind::Device, 45, 90)
+        } else {
+            pick(KeyKind::Device, 1_500, 100).map(|k| k ^ 0xF2E5_0000)
+        };
         keys[KeyKind::Ip as usize] = pick(KeyKind::Ip, 40, 100);
         keys[KeyKind::Subnet as usize] = pick(KeyKind::Subnet, 4, 100);
         keys[KeyKind::Phone as usize] = pick(KeyKind::Phone, 30, 50);
@@ -658,5 +665,12 @@ fn both_backends_read_out_the_same_on_random_observations() {
         let want = local.observe_now(&obs);
         let got = tokio.block_on(remote.observe(&obs)).unwrap();
         assert_eq!(got, want, "observation {i}: {obs:?}");
+        exercised[0] += u32::from(want.first_requests[1] > 0);
+        exercised[1] += u32::from(want.first_requests[0] > 0);
+        exercised[2] += u32::from(want.inviter_blind_invitees[0] > 0);
+        exercised[3] += u32::from(want.cluster[0] > 1);
     }
+    // The rarer paths were taken, not just compared as zeros: new devices' first
+    // requests on a route (hasty ones too), blind invitees, clusters of several accounts.
+    assert!(exercised.iter().all(|&n| n >= 100), "{exercised:?}");
 }
