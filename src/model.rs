@@ -324,28 +324,10 @@ impl Model {
                 contributions: self.contributions(f),
             },
             Compiled::Forest { nodes, roots } => {
-                let x = f.as_slice();
-                let mut sum = 0.0;
-                let mut out = [0.0; COUNT];
-                for &root in roots {
-                    let mut i = root as usize;
-                    while nodes[i].left != 0 {
-                        let n = nodes[i];
-                        let next = if x[n.feature as usize] <= n.threshold {
-                            n.left
-                        } else {
-                            n.right
-                        } as usize;
-                        out[n.feature as usize] += f64::from(nodes[next].value) - f64::from(n.value);
-                        i = next;
-                    }
-                    sum += f64::from(nodes[i].value);
-                }
-                let trees = roots.len() as f64;
-                out.iter_mut().for_each(|v| *v /= trees);
+                let (sum, contributions) = walk_forest(nodes, roots, f.as_slice());
                 Explained {
-                    score: self.calibrated(logit(sum / trees)),
-                    contributions: out,
+                    score: self.calibrated(logit(sum / roots.len() as f64)),
+                    contributions,
                 }
             }
         }
@@ -365,23 +347,7 @@ impl Model {
                     *o = w * (squash(*v) - m);
                 }
             }
-            Compiled::Forest { nodes, roots } => {
-                for &root in roots {
-                    let mut i = root as usize;
-                    while nodes[i].left != 0 {
-                        let n = nodes[i];
-                        let next = if x[n.feature as usize] <= n.threshold {
-                            n.left
-                        } else {
-                            n.right
-                        } as usize;
-                        out[n.feature as usize] += f64::from(nodes[next].value) - f64::from(n.value);
-                        i = next;
-                    }
-                }
-                let trees = roots.len() as f64;
-                out.iter_mut().for_each(|v| *v /= trees);
-            }
+            Compiled::Forest { nodes, roots } => out = walk_forest(nodes, roots, x).1,
         }
         out
     }
@@ -428,6 +394,31 @@ fn top_of(c: &[f64; COUNT], k: usize) -> Top {
         }
     }
     top
+}
+
+/// Every tree's walk for `x`: the sum of the leaf shares, and the path contributions
+/// per feature (the change in fraud share at each split passed, summed per split
+/// feature, averaged over the trees).
+fn walk_forest(nodes: &[Node], roots: &[u32], x: &[f64]) -> (f64, [f64; COUNT]) {
+    let mut sum = 0.0;
+    let mut out = [0.0; COUNT];
+    for &root in roots {
+        let mut i = root as usize;
+        while nodes[i].left != 0 {
+            let n = nodes[i];
+            let next = if x[n.feature as usize] <= n.threshold {
+                n.left
+            } else {
+                n.right
+            } as usize;
+            out[n.feature as usize] += f64::from(nodes[next].value) - f64::from(n.value);
+            i = next;
+        }
+        sum += f64::from(nodes[i].value);
+    }
+    let trees = roots.len() as f64;
+    out.iter_mut().for_each(|v| *v /= trees);
+    (sum, out)
 }
 
 fn leaf_of(nodes: &[Node], root: u32, x: &[f64]) -> usize {
