@@ -384,7 +384,8 @@ pub type Top = smallvec::SmallVec<[(Feature, f64); 11]>;
 fn top_of(c: &[f64; COUNT], k: usize) -> Top {
     let mut top = Top::new();
     for (i, &v) in c.iter().enumerate() {
-        if v <= 0.0 || !v.is_finite() {
+        // Most contributions are no larger than the k-th so far: skip them at once.
+        if v <= 0.0 || !v.is_finite() || (top.len() >= k && top.last().is_none_or(|(_, w)| v <= *w)) {
             continue;
         }
         let pos = top.iter().position(|(_, w)| v > *w).unwrap_or(top.len());
