@@ -1,6 +1,7 @@
 //! Model inference per request: the shipped model's compact form (score, and the
-//! explanation flagged requests pay for) against smartcore's own predict on a one-row
-//! DenseMatrix, on real feature vectors from simulated traffic.
+//! explanation flagged requests pay for, in two walks and in the request path's one)
+//! against smartcore's own predict on a one-row DenseMatrix, on real feature vectors
+//! from simulated traffic.
 //!
 //! Run: `cargo bench --bench model`
 
@@ -50,6 +51,13 @@ fn bench(c: &mut Criterion) {
             n = (n + 1) % rows.len();
             let f = &rows[n].0;
             black_box((model.score(f), model.top_features(f, 3)))
+        })
+    });
+    g.bench_function("explain + top 3 features (one walk, as the request path)", |b| {
+        b.iter(|| {
+            n = (n + 1) % rows.len();
+            let e = model.explain(&rows[n].0);
+            black_box((e.score, e.top(3)))
         })
     });
 

@@ -79,6 +79,9 @@ struct RouteHandles {
     decision_seconds: Lazy<Histogram>,
     scores: Lazy<Histogram>,
     upstream_seconds: Lazy<Histogram>,
+    /// The route's model mode when the handles were made, and its score series.
+    model_mode: &'static str,
+    model_scores: Lazy<Histogram>,
     /// By limit index: (name, [enforce, shadow]).
     limits: Vec<(String, [Lazy<IntCounter>; 2])>,
 }
@@ -336,9 +339,14 @@ impl Metrics {
             }
         }
         if let Some(p) = a.score.model {
-            self.model_scores
-                .with_label_values(&[&route.name, route.model.as_str()])
-                .observe(p);
+            let mode = route.model.as_str();
+            match resolved.filter(|h| h.model_mode == mode) {
+                Some(h) => h
+                    .model_scores
+                    .get_or_init(|| self.model_scores.with_label_values(&[&route.name, mode]))
+                    .observe(p),
+                None => self.model_scores.with_label_values(&[&route.name, mode]).observe(p),
+            }
         }
         if a.state_error {
             self.state_errors.inc();
@@ -407,6 +415,8 @@ impl Metrics {
                     decision_seconds: Lazy::new(),
                     scores: Lazy::new(),
                     upstream_seconds: Lazy::new(),
+                    model_mode: route.model.as_str(),
+                    model_scores: Lazy::new(),
                     limits: route
                         .limits
                         .iter()

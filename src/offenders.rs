@@ -68,7 +68,9 @@ struct Slot {
 #[derive(Debug, Default)]
 struct Sketch {
     slots: Vec<Slot>,
-    index: HashMap<Box<str>, usize>,
+    /// Keyed by client input: foldhash with a random seed per process (as the state's
+    /// keys are), cheaper than SipHash for short ids.
+    index: HashMap<Box<str>, usize, foldhash::quality::RandomState>,
     /// Once full: the slots that had the least count (`min`) at the last scan, highest
     /// index first, so the last valid one is the first slot with the least count. Counts
     /// only grow, so a slot that left the minimum never returns to it; the list is

@@ -152,10 +152,11 @@ pub fn evaluate(rt: &Runtime, route: &Route, ids: &Identities, signals: &Signals
 /// The classifier's part: its calibrated score joins the rules' (unless shadowed), and
 /// when it is high enough its top contributing features become `model:FEATURE` reasons
 /// (`shadow:model:FEATURE` in shadow), so staff can see why a request was stopped.
-/// The explanation costs a second pass over the trees, so only requests the model
-/// flags pay for it.
+/// The explanation comes from the same walk over the trees as the score
+/// (`Model::explain`); only requests the model flags turn it into reasons.
 fn apply_model(score: &mut Score, slot: &ModelSlot, model: &Model, shadow: bool, features: &Features) {
-    let p = model.score(features);
+    let explained = model.explain(features);
+    let p = explained.score;
     score.model = Some(p);
     if !shadow && p >= slot.min_score {
         let m = (slot.weight * p).clamp(0.0, 1.0);
@@ -170,11 +171,26 @@ fn apply_model(score: &mut Score, slot: &ModelSlot, model: &Model, shadow: bool,
         return;
     }
     let prefix = if shadow { "shadow:model" } else { "model" };
-    let top = model.top_features(features, slot.top_features);
+    let top = explained.top(slot.top_features);
     if top.is_empty() {
         score.reasons.push(prefix.to_string());
     }
+    let names = model_reasons(shadow);
     for (f, _) in top {
-        score.reasons.push(format!("{prefix}:{}", f.name()));
+        score.reasons.push(names[f as usize].clone());
     }
+}
+
+/// `model:FEATURE` (`shadow:model:FEATURE`) for every feature, formatted once.
+fn model_reasons(shadow: bool) -> &'static [String] {
+    static REASONS: std::sync::OnceLock<[Vec<String>; 2]> = std::sync::OnceLock::new();
+    let table = REASONS.get_or_init(|| {
+        ["model", "shadow:model"].map(|prefix| {
+            crate::features::ALL
+                .iter()
+                .map(|f| format!("{prefix}:{}", f.name()))
+                .collect()
+        })
+    });
+    &table[usize::from(shadow)]
 }

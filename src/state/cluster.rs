@@ -155,7 +155,14 @@ pub fn step(
     }
     let mut roots: smallvec::SmallVec<[(u64, ClusterEntry); 4]> = smallvec::SmallVec::new();
     let mut account_joins = s.has_account;
+    // Nodes of one cluster mostly point at the same id: `find` only reads, so a
+    // pointer already followed (never the first node's) adds nothing new to `roots`.
+    let mut followed: smallvec::SmallVec<[u64; 4]> = smallvec::SmallVec::new();
     for (i, (_, pointer)) in s.nodes.iter().enumerate() {
+        if followed.contains(pointer) {
+            continue;
+        }
+        followed.push(*pointer);
         let root = find(clusters, *pointer, now_ms);
         if i == 0 && s.has_account && root.is_some() {
             account_joins = false;
