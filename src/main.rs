@@ -27,7 +27,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CheckConfig { file } => match riskgate::runtime::load(&file, &KeyHasher::seeded(0)) {
             Ok(rt) => {
-                if let Some(error) = rt.model.as_ref().and_then(|m| m.error.as_ref()) {
+                if let Some(error) = rt.model_error() {
                     print!("{}", rt.summary());
                     eprintln!("{}: the model file is refused: {error}", file.display());
                     return Ok(ExitCode::from(1));
@@ -120,12 +120,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             unlabelled_legit,
             quiet,
         } => {
-            anyhow::ensure!(
-                train_share > 0.0 && train_share < 1.0,
-                "--train-share must be between 0 and 1"
-            );
-            anyhow::ensure!(max_train_rows >= 100, "--max-train-rows must be at least 100");
-            anyhow::ensure!(trees > 0 && max_depth > 0, "--trees and --max-depth must be above 0");
             let opts = riskgate::train::Options {
                 inputs: input,
                 labels,

@@ -122,10 +122,10 @@ impl Sketch {
                 None => {
                     self.min = self.slots.iter().map(|s| s.count).min()?;
                     let min = self.min;
-                    self.at_min = (0..self.slots.len())
-                        .rev()
-                        .filter(|&i| self.slots[i].count == min)
-                        .collect();
+                    let slots = &self.slots;
+                    self.at_min.clear();
+                    self.at_min
+                        .extend((0..slots.len()).rev().filter(|&i| slots[i].count == min));
                 }
             }
         }

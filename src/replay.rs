@@ -66,7 +66,7 @@ impl Replayer {
         let hasher = KeyHasher::seeded(REPLAY_SEED);
         let mut rt = runtime::load(path, &hasher)?;
         // A backtest that silently dropped the model would not be the backtest asked for.
-        if let Some(error) = rt.model.as_ref().and_then(|m| m.error.as_ref()) {
+        if let Some(error) = rt.model_error() {
             anyhow::bail!("{}: {error}", path.display());
         }
         if let Some(choice) = state {

@@ -99,11 +99,8 @@ impl Upstream {
     /// The upstream `name` at `url` (an `http://` URL with a host and no path).
     fn parse(name: &str, url: &str) -> Result<Upstream, String> {
         let base = parse_upstream(url)?;
-        let authority = base.authority().map_or("", |a| a.as_str());
-        let connect_to = match base.port_u16() {
-            Some(_) => authority.to_string(),
-            None => format!("{authority}:80"),
-        };
+        // Host and port only: an authority may also carry user-info (`user@host`).
+        let connect_to = format!("{}:{}", base.host().unwrap_or_default(), base.port_u16().unwrap_or(80));
         Ok(Upstream {
             name: name.to_string(),
             base,
@@ -788,6 +785,11 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
 }
 
 impl Runtime {
+    /// Why the configured model could not be loaded, if it could not.
+    pub fn model_error(&self) -> Option<&str> {
+        self.model.as_ref().and_then(|m| m.error.as_deref())
+    }
+
     /// The index of the route for a method and path: exact paths first, then the
     /// longest prefix.
     pub fn route(&self, method: &Method, path: &str) -> Option<usize> {
@@ -1185,6 +1187,15 @@ state_timeout_ms = 30
         assert_eq!(policies, [OnStateError::Local, OnStateError::Deny]);
         let err = build_text(&format!("[state]\non_error = \"maybe\"\n{ROUTES}")).unwrap_err();
         assert!(err.to_string().contains("unknown variant `maybe`"), "{err}");
+    }
+
+    #[test]
+    fn an_upstream_connects_to_its_host_and_port() {
+        let to = |url: &str| Upstream::parse("u", url).unwrap().connect_to;
+        assert_eq!(to("http://127.0.0.1:8081"), "127.0.0.1:8081");
+        assert_eq!(to("http://backend"), "backend:80");
+        assert_eq!(to("http://user@backend:9000/"), "backend:9000");
+        assert_eq!(to("http://[::1]:8081"), "[::1]:8081");
     }
 
     #[test]

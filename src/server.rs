@@ -79,12 +79,8 @@ pub struct Gateway<S> {
 }
 
 impl<S> Gateway<S> {
-    /// A fresh request id: unique per process run, cheap, not a secret.
-    pub fn next_request_id(&self) -> String {
-        String::from_utf8_lossy(self.next_request_id_value().as_bytes()).into_owned()
-    }
-
-    /// A fresh request id as a header value (`rg-PREFIX-SEQ`, lower-case hex),
+    /// A fresh request id (`rg-PREFIX-SEQ`, lower-case hex), unique per process run,
+    /// cheap, not a secret; as a header value
     /// formatted on the stack: one allocation, shared by every header that carries it.
     pub fn next_request_id_value(&self) -> http::HeaderValue {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);

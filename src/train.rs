@@ -53,24 +53,6 @@ pub struct Options {
     pub progress: bool,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            inputs: Vec::new(),
-            labels: None,
-            config: PathBuf::from("config/riskgate.toml"),
-            out: PathBuf::from("models/riskgate-default.model.json"),
-            seed: 1,
-            train_share: 0.7,
-            max_train_rows: 60_000,
-            trees: 40,
-            max_depth: 12,
-            unlabelled_legit: false,
-            progress: true,
-        }
-    }
-}
-
 /// One labelled, scored request.
 #[derive(Debug, Clone)]
 struct Row {
@@ -149,6 +131,15 @@ macro_rules! progress {
 
 /// Runs the whole training and writes the model file.
 pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(
+        opts.train_share > 0.0 && opts.train_share < 1.0,
+        "--train-share must be between 0 and 1"
+    );
+    anyhow::ensure!(opts.max_train_rows >= 100, "--max-train-rows must be at least 100");
+    anyhow::ensure!(
+        opts.trees > 0 && opts.max_depth > 0,
+        "--trees and --max-depth must be above 0"
+    );
     let started = Instant::now();
     let rows = build_rows(opts)?;
     let file = fit(opts, &rows, started)?;

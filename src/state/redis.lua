@@ -520,11 +520,7 @@ else
 end
 
 -- Slot 39: assists for the inviter by accounts that browsed nothing in the last hour.
-if slot[39] then
-  push(derived(39, browse[1] == 0))
-else
-  push({0, 0})
-end
+push(derived(39, browse[1] == 0))
 
 -- Slots 40-: GCRA cells (governor's algorithm) in microseconds of event time:
 -- 0 = allowed, otherwise the wait in ms.

@@ -289,7 +289,7 @@ impl RedisState {
             slots.push(derived(k, tag));
         }
         // 39: the inviter's assists by accounts that browsed nothing.
-        slots.push(referral.map(|(inviter, _, _)| self.key('w', combine(inviter, TAG_BLIND_INVITEES))));
+        slots.push(derived(referral.map(|(inviter, _, _)| inviter), TAG_BLIND_INVITEES));
         // 40-: limit cells.
         for l in &obs.limits {
             slots.push(Some(self.key('l', l.key)));
