@@ -396,7 +396,7 @@ async fn a_flood_of_new_device_ids_stays_within_the_memory_budget() {
     }
     while tasks.join_next().await.is_some() {}
     let m = metrics(&c, gw.admin_addr).await;
-    let used: f64 = ["counters", "identities", "limits", "graph_pointers", "clusters"]
+    let used: f64 = ["counters", "identities", "devices", "limits", "clusters"]
         .iter()
         .map(|t| metric(&m, &format!("riskgate_state_memory_bytes{{table=\"{t}\"}}")).unwrap())
         .sum();

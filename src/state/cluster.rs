@@ -106,9 +106,8 @@ impl ClusterEntry {
 pub struct ClusterStep {
     /// The id a cluster formed by this request gets (nonzero).
     pub new_id: u64,
-    /// The request's graph nodes: (pointer key, the cluster it points at or 0), the
-    /// account first when there is one. Read with `BoundedMap::update`, so that reading
-    /// keeps the pointer as warm as its node; `step` writes only pointers that change.
+    /// The request's graph nodes: (node key, the cluster it points at or 0), the
+    /// account first when there is one; `step` writes only pointers that change.
     pub nodes: smallvec::SmallVec<[(u64, u64); 4]>,
     /// Whether `nodes[0]` is the account.
     pub has_account: bool,
@@ -144,8 +143,10 @@ fn find(clusters: &BoundedMap<ClusterEntry>, mut id: u64, now_ms: u64) -> Option
 }
 
 /// Unions the clusters of the request's nodes and returns the account's cluster.
+/// `repoint(node, cluster)` stores a node's new pointer (the pointers live in the
+/// nodes' own identity entries).
 pub fn step(
-    pointers: &BoundedMap<u64>,
+    mut repoint: impl FnMut(u64, u64),
     clusters: &BoundedMap<ClusterEntry>,
     s: &ClusterStep,
     now_ms: u64,
@@ -213,7 +214,7 @@ pub fn step(
     clusters.update(win_id, now_ms, |e, _| *e = win);
     for (key, pointer) in &s.nodes {
         if *pointer != win_id {
-            pointers.update(*key, now_ms, |p, _| *p = win_id);
+            repoint(*key, win_id);
         }
     }
     out
@@ -255,7 +256,12 @@ mod tests {
                 claim: claim.then_some(7),
                 campaign: Some(7),
             };
-            step(&self.pointers, &self.clusters, &s, t)
+            step(
+                |k, id| self.pointers.update(k, t, |p, _| *p = id),
+                &self.clusters,
+                &s,
+                t,
+            )
         }
     }
 

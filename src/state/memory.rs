@@ -11,17 +11,17 @@ use governor::RateLimiter;
 
 use super::bounded::{BoundedMap, HeapSize};
 use super::cluster::{self, ClusterEntry, ClusterStep};
-use super::window::{DistinctSet, Windows, DISTINCT_CAP};
+use super::window::{DistinctSet, HourDay, Windows, DISTINCT_CAP};
 use super::{
     combine, fingerprint, KeyKind, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats, COUNTED,
-    DISTINCT, DISTINCT_WINDOWS_S, TAG_ASSISTED, TAG_BLIND_INVITEES, TAG_BROWSE, TAG_CLUSTER, TAG_HASTY,
-    TAG_INVITEE_SUBNETS, TAG_NEW_DEVICES, TAG_NEW_FIRST, TAG_NEW_INVITEES, TAG_NEW_USERS, TAG_PREFIX_NEW_DEVICES,
-    TAG_SUBNETS, TAG_UAS,
+    DISTINCT, DISTINCT_WINDOWS_S, TAG_ASSISTED, TAG_BLIND_INVITEES, TAG_CLUSTER, TAG_HASTY, TAG_INVITEE_SUBNETS,
+    TAG_NEW_DEVICES, TAG_NEW_FIRST, TAG_NEW_INVITEES, TAG_PREFIX_NEW_DEVICES,
 };
 
 /// Per identity (global across routes): when it was first seen, the timing of its
-/// requests, and the distinct members related to it (accounts on a device, devices of
-/// an account, invitees of an inviter, …).
+/// requests, the distinct members related to it (accounts on a device, devices of an
+/// account, invitees of an inviter, …), and what else the request reads of it, kept
+/// in the same entry so that one lookup serves them all.
 #[derive(Debug, Clone, Default)]
 pub struct IdentityEntry {
     first_seen_ms: u64,
@@ -30,6 +30,21 @@ pub struct IdentityEntry {
     /// Consecutive gaps within 5 % of the previous one: a timer, not a person.
     regular: u32,
     members: DistinctSet,
+    /// The cluster this graph node (account, device, phone, payment account) points at
+    /// (`cluster.rs`); 0 for none.
+    cluster: u64,
+    /// The identity's derived counter: accounts first seen on this device, IP or
+    /// subnet; an account's browsing requests.
+    counter: HourDay,
+}
+
+/// What one touch of an identity entry reads.
+struct Touched {
+    distinct: [u32; 2],
+    age_ms: u64,
+    new: bool,
+    regular: u32,
+    cluster: u64,
 }
 
 impl IdentityEntry {
@@ -46,6 +61,29 @@ impl IdentityEntry {
         }
         self.last_ms = self.last_ms.max(now);
     }
+
+    /// One request of (or about) this identity: first seen, timing when `timed`, and
+    /// its member when the request has one.
+    fn touch(&mut self, new: bool, now: u64, timed: bool, member: Option<u32>) -> Touched {
+        if new {
+            self.first_seen_ms = now;
+        }
+        if timed {
+            self.time(now);
+        }
+        let now_s = (now / 1_000) as u32;
+        let distinct = match member {
+            Some(fp) => self.members.add(fp, now_s, DISTINCT_WINDOWS_S),
+            None => self.members.count(now_s, DISTINCT_WINDOWS_S),
+        };
+        Touched {
+            distinct,
+            age_ms: now.saturating_sub(self.first_seen_ms),
+            new,
+            regular: self.regular,
+            cluster: self.cluster,
+        }
+    }
 }
 
 impl HeapSize for IdentityEntry {
@@ -56,23 +94,44 @@ impl HeapSize for IdentityEntry {
     }
 }
 
+/// A device: its identity entry and the subnets and user agents it came with.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceEntry {
+    id: IdentityEntry,
+    subnets: DistinctSet,
+    uas: DistinctSet,
+}
+
+impl HeapSize for DeviceEntry {
+    const HAS_HEAP: bool = true;
+
+    fn heap_bytes(&self) -> usize {
+        self.id.heap_bytes() + self.subnets.heap_bytes() + self.uas.heap_bytes()
+    }
+}
+
 /// All state in this process, within a memory budget.
 pub struct MemoryState {
     counters: BoundedMap<Windows>,
+    /// Identities other than devices, and the referral sets keyed by an identity and a tag.
     identities: BoundedMap<IdentityEntry>,
+    devices: BoundedMap<DeviceEntry>,
     limits: Arc<BoundedMap<u64>>,
-    /// Graph node → its cluster, and the clusters (`cluster.rs`).
-    pointers: BoundedMap<u64>,
+    /// Merged and live clusters (`cluster.rs`); the nodes' pointers live in their entries.
     clusters: BoundedMap<ClusterEntry>,
     budget_bytes: u64,
 }
 
 /// How the budget is shared: counters are per route, so they get the largest part.
-const COUNTERS_SHARE: f64 = 0.45;
-const IDENTITIES_SHARE: f64 = 0.35;
-const POINTERS_SHARE: f64 = 0.05;
+const COUNTERS_SHARE: f64 = 0.40;
+const IDENTITIES_SHARE: f64 = 0.28;
+const DEVICES_SHARE: f64 = 0.17;
 const CLUSTERS_SHARE: f64 = 0.07;
-const LIMITS_SHARE: f64 = 1.0 - COUNTERS_SHARE - IDENTITIES_SHARE - POINTERS_SHARE - CLUSTERS_SHARE;
+const LIMITS_SHARE: f64 = 1.0 - COUNTERS_SHARE - IDENTITIES_SHARE - DEVICES_SHARE - CLUSTERS_SHARE;
+
+/// The order identities are touched in: the account first, since whether it is new
+/// decides what its device, IP and subnet count (indexes into `DISTINCT`).
+const TOUCH_ORDER: [usize; 8] = [1, 0, 2, 3, 4, 5, 6, 7];
 
 impl MemoryState {
     /// `ttl_ms` is how long an untouched key is kept at least (it is gone after twice that).
@@ -81,8 +140,8 @@ impl MemoryState {
         MemoryState {
             counters: BoundedMap::new(part(COUNTERS_SHARE), ttl_ms),
             identities: BoundedMap::new(part(IDENTITIES_SHARE), ttl_ms),
+            devices: BoundedMap::new(part(DEVICES_SHARE), ttl_ms),
             limits: Arc::new(BoundedMap::new(part(LIMITS_SHARE), ttl_ms)),
-            pointers: BoundedMap::new(part(POINTERS_SHARE), ttl_ms),
             clusters: BoundedMap::new(part(CLUSTERS_SHARE), ttl_ms),
             budget_bytes,
         }
@@ -100,40 +159,63 @@ impl MemoryState {
             }
         }
 
-        // One identity entry per identity: first seen, timing, distinct members.
+        // One entry per identity: first seen, timing, distinct members, its derived
+        // counter and its cluster pointer, all read and written in one lookup.
         let mut user_new = false;
         let mut device_new = false;
-        for (i, (on, member)) in DISTINCT.iter().enumerate() {
-            let Some(on_key) = key(*on) else { continue };
+        // The cluster pointers of the account, device, phone and payment account.
+        let mut pointers = [0u64; 4];
+        let subnet_fp = key(KeyKind::Subnet).map(fingerprint);
+        let ua_fp = key(KeyKind::UserAgent).map(fingerprint);
+        for i in TOUCH_ORDER {
+            let (on, member) = DISTINCT[i];
+            let Some(on_key) = key(on) else { continue };
             // Fingerprints are the hash's top half; entry keys carry no route, so they
             // never meet the counters' keys.
-            let member_fp = key(*member).map(fingerprint);
-            let timed = matches!(on, KeyKind::User | KeyKind::Device);
-            let (counts, age, new, regular) = self.identities.update(on_key, now, |e, new| {
-                if new {
-                    e.first_seen_ms = now;
-                }
-                if timed {
-                    e.time(now);
-                }
-                let counts = match member_fp {
-                    Some(fp) => e.members.add(fp, now_s, DISTINCT_WINDOWS_S),
-                    None => e.members.count(now_s, DISTINCT_WINDOWS_S),
-                };
-                (counts, now.saturating_sub(e.first_seen_ms), new, e.regular)
-            });
-            out.distinct[i] = counts;
+            let member_fp = key(member).map(fingerprint);
+            let t = match on {
+                KeyKind::Device => self.devices.update(on_key, now, |d, new| {
+                    let t = d.id.touch(new, now, true, member_fp);
+                    out.new_users[0] = d.id.counter.bump_if(user_new, now);
+                    if let Some(fp) = subnet_fp {
+                        out.subnets_per_device = d.subnets.add(fp, now_s, DISTINCT_WINDOWS_S);
+                    }
+                    if let Some(fp) = ua_fp {
+                        out.uas_per_device = d.uas.add(fp, now_s, DISTINCT_WINDOWS_S);
+                    }
+                    t
+                }),
+                _ => self.identities.update(on_key, now, |e, new| {
+                    let t = e.touch(new, now, on == KeyKind::User, member_fp);
+                    match on {
+                        KeyKind::User => out.browse = e.counter.bump_if(obs.browse, now),
+                        KeyKind::Ip => out.new_users[1] = e.counter.bump_if(user_new, now),
+                        KeyKind::Subnet => out.new_users[2] = e.counter.bump_if(user_new, now),
+                        _ => {}
+                    }
+                    t
+                }),
+            };
+            out.distinct[i] = t.distinct;
             match on {
-                KeyKind::User => (out.user_age_ms, out.user_regular, user_new) = (Some(age), regular, new),
-                KeyKind::Device => (out.device_age_ms, out.device_regular, device_new) = (Some(age), regular, new),
+                KeyKind::User => {
+                    (out.user_age_ms, out.user_regular, user_new) = (Some(t.age_ms), t.regular, t.new);
+                    pointers[0] = t.cluster;
+                }
+                KeyKind::Device => {
+                    (out.device_age_ms, out.device_regular, device_new) = (Some(t.age_ms), t.regular, t.new);
+                    pointers[1] = t.cluster;
+                }
+                KeyKind::Phone => pointers[2] = t.cluster,
+                KeyKind::PayAccount => pointers[3] = t.cluster,
                 _ => {}
             }
         }
 
-        out.cluster = self.cluster(obs, &out);
+        out.cluster = self.cluster(obs, &out, pointers);
 
-        // Derived counters: bumped when this request is the event they count, read
-        // otherwise. The (1 h, 24 h) windows are the last two of the four.
+        // Derived counters of their own: bumped when this request is the event they
+        // count, read otherwise. The (1 h, 24 h) windows are the last two of the four.
         let counter = |k: u64, tag: u64, bump: bool| {
             let w = if bump {
                 self.counters.update(combine(k, tag), now, |w, _| w.bump(now))
@@ -142,29 +224,11 @@ impl MemoryState {
             };
             [w[2], w[3]]
         };
-        if let Some(user) = key(KeyKind::User) {
-            out.browse = counter(user, TAG_BROWSE, obs.browse);
-        }
-        for (i, kind) in [KeyKind::Device, KeyKind::Ip, KeyKind::Subnet].into_iter().enumerate() {
-            if let Some(k) = key(kind) {
-                out.new_users[i] = counter(k, TAG_NEW_USERS, user_new);
-            }
-        }
-        if let (Some(device), Some(subnet)) = (key(KeyKind::Device), key(KeyKind::Subnet)) {
-            out.subnets_per_device = self.identities.update(combine(device, TAG_SUBNETS), now, |e, _| {
-                e.members.add(fingerprint(subnet), now_s, DISTINCT_WINDOWS_S)
-            });
-        }
         if let Some(prefix) = obs.device_prefix {
             out.prefix_new_devices = counter(prefix, TAG_PREFIX_NEW_DEVICES, device_new);
         }
         if let Some(ua) = key(KeyKind::UserAgent) {
             out.ua_new_devices = counter(ua, TAG_NEW_DEVICES, device_new);
-            if let Some(device) = key(KeyKind::Device) {
-                out.uas_per_device = self.identities.update(combine(device, TAG_UAS), now, |e, _| {
-                    e.members.add(fingerprint(ua), now_s, DISTINCT_WINDOWS_S)
-                });
-            }
         }
 
         // A new device's first request on this route: hasty when its account browsed at
@@ -191,12 +255,13 @@ impl MemoryState {
             out.inviter_blind_invitees = counter(inviter, TAG_BLIND_INVITEES, out.browse[0] == 0);
             let day = DISTINCT_WINDOWS_S[1];
             let inviter_fp = fingerprint(inviter_user);
-            let seen_with = |k: Option<u64>| {
-                k.and_then(|k| self.identities.peek(k, |e| e.members.contains(inviter_fp, now_s, day)))
-                    .unwrap_or(false)
-            };
-            out.inviter_on_device = seen_with(key(KeyKind::Device));
-            out.inviter_on_subnet = seen_with(key(KeyKind::Subnet));
+            let seen = |e: &IdentityEntry| e.members.contains(inviter_fp, now_s, day);
+            out.inviter_on_device = key(KeyKind::Device)
+                .and_then(|k| self.devices.peek(k, |d| seen(&d.id)))
+                .unwrap_or(false);
+            out.inviter_on_subnet = key(KeyKind::Subnet)
+                .and_then(|k| self.identities.peek(k, seen))
+                .unwrap_or(false);
             let (ring, chain) = self
                 .identities
                 .peek(combine(inviter_user, TAG_ASSISTED), |e| {
@@ -228,9 +293,17 @@ impl MemoryState {
     /// The account's cluster: unions the clusters of the request's account and of the
     /// identities that link accounts (device, phone, payment account). Addresses do not:
     /// one office or one parcel locker receives many unrelated people's orders.
-    fn cluster(&self, obs: &Observation, out: &Readout) -> [u32; 3] {
-        let step = cluster_step(obs, out, |k| self.pointers.update(k, obs.ts_ms, |p, _| *p));
-        cluster::step(&self.pointers, &self.clusters, &step, obs.ts_ms)
+    fn cluster(&self, obs: &Observation, out: &Readout, pointers: [u64; 4]) -> [u32; 3] {
+        let step = cluster_step(obs, out, pointers);
+        let device = obs.keys[KeyKind::Device as usize];
+        let repoint = |node: u64, id: u64| {
+            if Some(node) == device {
+                self.devices.update(node, obs.ts_ms, |d, _| d.id.cluster = id);
+            } else {
+                self.identities.update(node, obs.ts_ms, |e, _| e.cluster = id);
+            }
+        };
+        cluster::step(repoint, &self.clusters, &step, obs.ts_ms)
     }
 
     fn check_limit(&self, key: u64, quota: governor::Quota, now_ms: u64) -> LimitOutcome {
@@ -264,8 +337,8 @@ impl StateStore for MemoryState {
         [
             ("counters", self.counters.stats()),
             ("identities", self.identities.stats()),
+            ("devices", self.devices.stats()),
             ("limits", self.limits.stats()),
-            ("graph_pointers", self.pointers.stats()),
             ("clusters", self.clusters.stats()),
         ]
         .into_iter()
@@ -283,8 +356,13 @@ impl StateStore for MemoryState {
     }
 }
 
-/// Readout index of each identity that links accounts in the cluster graph.
-const LINKS: [(KeyKind, usize); 3] = [(KeyKind::Device, 0), (KeyKind::Phone, 4), (KeyKind::PayAccount, 6)];
+/// Each identity that links accounts in the cluster graph: its `Readout::distinct`
+/// index and its place in `observe_now`'s pointers.
+const LINKS: [(KeyKind, usize, usize); 3] = [
+    (KeyKind::Device, 0, 1),
+    (KeyKind::Phone, 4, 2),
+    (KeyKind::PayAccount, 6, 3),
+];
 
 /// The id of a cluster this request would form: from its first graph node and its time.
 pub(crate) fn new_cluster_id(obs: &Observation) -> u64 {
@@ -296,21 +374,20 @@ pub(crate) fn new_cluster_id(obs: &Observation) -> u64 {
 }
 
 /// The cluster step of one request (`redis.lua` does the same inside the script).
-fn cluster_step(obs: &Observation, out: &Readout, mut pointer: impl FnMut(u64) -> u64) -> ClusterStep {
+/// `pointers`: the account's, device's, phone's and payment account's.
+fn cluster_step(obs: &Observation, out: &Readout, pointers: [u64; 4]) -> ClusterStep {
     let key = |kind: KeyKind| obs.keys[kind as usize];
     let mut step = ClusterStep::default();
     let user = key(KeyKind::User);
     if let Some(user) = user {
-        let k = combine(user, TAG_CLUSTER);
-        step.nodes.push((k, pointer(k)));
+        step.nodes.push((user, pointers[0]));
         step.has_account = true;
         step.account_new = out.user_age_ms.unwrap_or(0) < cluster::NEW_ACCOUNT_MS;
     }
-    for (kind, rel) in LINKS {
+    for (kind, rel, at) in LINKS {
         // A saturated id (a placeholder many people share) links nobody.
         if let Some(k) = key(kind).filter(|_| (out.distinct[rel][1] as usize) < DISTINCT_CAP) {
-            let k = combine(k, TAG_CLUSTER);
-            step.nodes.push((k, pointer(k)));
+            step.nodes.push((k, pointers[at]));
         }
     }
     step.new_id = new_cluster_id(obs);

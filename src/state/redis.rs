@@ -451,7 +451,7 @@ impl StateStore for RedisState {
             t.table = match t.table {
                 "counters" => "local_counters",
                 "identities" => "local_identities",
-                "graph_pointers" => "local_graph_pointers",
+                "devices" => "local_devices",
                 "clusters" => "local_clusters",
                 _ => "local_limits",
             };

@@ -7,26 +7,46 @@ use super::bounded::HeapSize;
 /// The four windows every key is counted over, in milliseconds: 1 s, 1 min, 1 h, 24 h.
 pub const WINDOWS_MS: [u64; 4] = [1_000, 60_000, 3_600_000, 86_400_000];
 
-/// Sliding-window counters (Cloudflare's two-bucket estimate) for the four windows:
+/// Sliding-window counters (Cloudflare's two-bucket estimate) for `N` of the four
+/// windows, from `WINDOWS_MS[FROM]` on:
 /// `current + previous × (share of the previous bucket still inside the window)`.
-/// 40 bytes per key instead of a log of timestamps; the estimate is exact when
-/// traffic is even and off by at most the previous bucket's count otherwise.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Windows {
+/// 8 bytes per window and key instead of a log of timestamps; the estimate is exact
+/// when traffic is even and off by at most the previous bucket's count otherwise.
+/// Windows are independent of each other, so `HourDay` reads what `Windows` would in
+/// its last two.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sliding<const N: usize, const FROM: usize> {
     last_ms: u64,
-    current: [u32; 4],
-    previous: [u32; 4],
+    current: [u32; N],
+    previous: [u32; N],
 }
 
-impl HeapSize for Windows {}
+/// All four windows: what every key counts per route.
+pub type Windows = Sliding<4, 0>;
+/// 1 h and 24 h: the derived counters an identity carries (accounts first seen on a
+/// device, an account's browsing), read over those two windows only.
+pub type HourDay = Sliding<2, 2>;
 
-impl Windows {
+impl<const N: usize, const FROM: usize> Default for Sliding<N, FROM> {
+    fn default() -> Self {
+        Sliding {
+            last_ms: 0,
+            current: [0; N],
+            previous: [0; N],
+        }
+    }
+}
+
+impl<const N: usize, const FROM: usize> HeapSize for Sliding<N, FROM> {}
+
+impl<const N: usize, const FROM: usize> Sliding<N, FROM> {
     /// Counts one request at `now_ms` and returns the estimated counts per window,
     /// this request included. A late (out-of-order) event counts as at the latest time seen.
-    pub fn bump(&mut self, now_ms: u64) -> [u32; 4] {
+    pub fn bump(&mut self, now_ms: u64) -> [u32; N] {
         let now = now_ms.max(self.last_ms);
-        let mut out = [0; 4];
-        for (w, len) in WINDOWS_MS.iter().enumerate() {
+        let mut out = [0; N];
+        for (w, out) in out.iter_mut().enumerate() {
+            let len = WINDOWS_MS[FROM + w];
             let (bucket, last_bucket) = (now / len, self.last_ms / len);
             if bucket == last_bucket + 1 {
                 self.previous[w] = self.current[w];
@@ -38,19 +58,18 @@ impl Windows {
             self.current[w] = self.current[w].saturating_add(1);
             let remaining = len - now % len;
             let carried = (u64::from(self.previous[w]) * remaining / len) as u32;
-            out[w] = self.current[w].saturating_add(carried);
+            *out = self.current[w].saturating_add(carried);
         }
         self.last_ms = now;
         out
     }
-}
 
-impl Windows {
     /// The counts at `now_ms` without counting anything.
-    pub fn read(&self, now_ms: u64) -> [u32; 4] {
+    pub fn read(&self, now_ms: u64) -> [u32; N] {
         let now = now_ms.max(self.last_ms);
-        let mut out = [0; 4];
-        for (w, len) in WINDOWS_MS.iter().enumerate() {
+        let mut out = [0; N];
+        for (w, out) in out.iter_mut().enumerate() {
+            let len = WINDOWS_MS[FROM + w];
             let (bucket, last_bucket) = (now / len, self.last_ms / len);
             let (current, previous) = if bucket == last_bucket {
                 (self.current[w], self.previous[w])
@@ -60,9 +79,18 @@ impl Windows {
                 (0, 0)
             };
             let remaining = len - now % len;
-            out[w] = current.saturating_add((u64::from(previous) * remaining / len) as u32);
+            *out = current.saturating_add((u64::from(previous) * remaining / len) as u32);
         }
         out
+    }
+
+    /// `bump` when `count`, else `read`.
+    pub fn bump_if(&mut self, count: bool, now_ms: u64) -> [u32; N] {
+        if count {
+            self.bump(now_ms)
+        } else {
+            self.read(now_ms)
+        }
     }
 }
 
@@ -178,6 +206,22 @@ mod tests {
             let mut probe = w.clone();
             let bumped = probe.bump(now);
             assert_eq!(w.read(now), bumped.map(|c| c - 1), "{later}");
+        }
+    }
+
+    #[test]
+    fn hour_day_reads_what_the_last_two_windows_read() {
+        let (mut all, mut two) = (Windows::default(), HourDay::default());
+        let mut t = 1_699_999_980_000;
+        for i in 0..2_000u64 {
+            // Uneven gaps, from milliseconds to hours, so that buckets roll and reset.
+            t += (i * 7_919) % 5_000_000;
+            let (a, b) = if i % 3 == 0 {
+                (all.read(t), two.read(t))
+            } else {
+                (all.bump(t), two.bump(t))
+            };
+            assert_eq!([a[2], a[3]], b, "at {i}");
         }
     }
 
