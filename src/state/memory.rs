@@ -1,6 +1,8 @@
 //! The in-process state backend: bounded maps of windows, distinct sets and GCRA cells.
 
 use std::cell::Cell;
+
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 use governor::clock::Clock;
@@ -36,6 +38,9 @@ pub struct IdentityEntry {
     /// The identity's derived counter: accounts first seen on this device, IP or
     /// subnet; an account's browsing requests.
     counter: HourDay,
+    /// Its requests per route (counted kinds only), by route key. Routes come from the
+    /// config, so this is as bounded as the config; most identities use one.
+    routes: SmallVec<[(u64, Windows); 1]>,
 }
 
 /// What one touch of an identity entry reads.
@@ -60,6 +65,18 @@ impl IdentityEntry {
             self.last_gap_ms = gap;
         }
         self.last_ms = self.last_ms.max(now);
+    }
+
+    /// Counts a request on `route` and returns its windows.
+    fn count(&mut self, route: u64, now: u64) -> [u32; 4] {
+        let i = match self.routes.iter().position(|(r, _)| *r == route) {
+            Some(i) => i,
+            None => {
+                self.routes.push((route, Windows::default()));
+                self.routes.len() - 1
+            }
+        };
+        self.routes[i].1.bump(now)
     }
 
     /// One request of (or about) this identity: first seen, timing when `timed`, and
@@ -90,7 +107,12 @@ impl HeapSize for IdentityEntry {
     const HAS_HEAP: bool = true;
 
     fn heap_bytes(&self) -> usize {
-        self.members.heap_bytes()
+        let routes = if self.routes.spilled() {
+            self.routes.capacity() * std::mem::size_of::<(u64, Windows)>()
+        } else {
+            0
+        };
+        self.members.heap_bytes() + routes
     }
 }
 
@@ -122,10 +144,12 @@ pub struct MemoryState {
     budget_bytes: u64,
 }
 
-/// How the budget is shared: counters are per route, so they get the largest part.
-const COUNTERS_SHARE: f64 = 0.40;
-const IDENTITIES_SHARE: f64 = 0.28;
-const DEVICES_SHARE: f64 = 0.17;
+/// How the budget is shared: identities carry most of the state (their per-route
+/// counts included), the counters table only the hot campaign and route keys and the
+/// derived counters of user agents, device-id prefixes and inviters.
+const COUNTERS_SHARE: f64 = 0.15;
+const IDENTITIES_SHARE: f64 = 0.45;
+const DEVICES_SHARE: f64 = 0.25;
 const CLUSTERS_SHARE: f64 = 0.07;
 const LIMITS_SHARE: f64 = 1.0 - COUNTERS_SHARE - IDENTITIES_SHARE - DEVICES_SHARE - CLUSTERS_SHARE;
 
@@ -153,9 +177,11 @@ impl MemoryState {
         let now = obs.ts_ms;
         let now_s = (now / 1_000) as u32;
         let key = |kind: KeyKind| obs.keys[kind as usize];
-        for (i, k) in obs.keys[..COUNTED].iter().enumerate() {
-            if let Some(k) = k {
-                out.counts[i] = self.counters.update(combine(*k, obs.route), now, |w, _| w.bump(now));
+        // Counted kinds with an identity entry are counted there; the campaign and the
+        // route (one hot key each) here.
+        for kind in [KeyKind::Campaign, KeyKind::Route] {
+            if let Some(k) = key(kind) {
+                out.counts[kind as usize] = self.counters.update(combine(k, obs.route), now, |w, _| w.bump(now));
             }
         }
 
@@ -173,9 +199,11 @@ impl MemoryState {
             // Fingerprints are the hash's top half; entry keys carry no route, so they
             // never meet the counters' keys.
             let member_fp = key(member).map(fingerprint);
+            let counted = (on as usize) < COUNTED;
             let t = match on {
                 KeyKind::Device => self.devices.update(on_key, now, |d, new| {
                     let t = d.id.touch(new, now, true, member_fp);
+                    out.counts[on as usize] = d.id.count(obs.route, now);
                     out.new_users[0] = d.id.counter.bump_if(user_new, now);
                     if let Some(fp) = subnet_fp {
                         out.subnets_per_device = d.subnets.add(fp, now_s, DISTINCT_WINDOWS_S);
@@ -187,6 +215,9 @@ impl MemoryState {
                 }),
                 _ => self.identities.update(on_key, now, |e, new| {
                     let t = e.touch(new, now, on == KeyKind::User, member_fp);
+                    if counted {
+                        out.counts[on as usize] = e.count(obs.route, now);
+                    }
                     match on {
                         KeyKind::User => out.browse = e.counter.bump_if(obs.browse, now),
                         KeyKind::Ip => out.new_users[1] = e.counter.bump_if(user_new, now),
