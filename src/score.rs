@@ -155,8 +155,9 @@ pub fn evaluate(rt: &Runtime, route: &Route, ids: &Identities, signals: &Signals
 /// The explanation comes from the same walk over the trees as the score
 /// (`Model::explain`); only requests the model flags turn it into reasons.
 fn apply_model(score: &mut Score, slot: &ModelSlot, model: &Model, shadow: bool, features: &Features) {
-    let explained = model.explain(features);
-    let p = explained.score;
+    // The score first (one fast walk); the contributions only for a request that gets
+    // reasons, which most requests do not.
+    let p = model.score(features);
     score.model = Some(p);
     if !shadow && p >= slot.min_score {
         let m = (slot.weight * p).clamp(0.0, 1.0);
@@ -171,7 +172,7 @@ fn apply_model(score: &mut Score, slot: &ModelSlot, model: &Model, shadow: bool,
         return;
     }
     let prefix = if shadow { "shadow:model" } else { "model" };
-    let top = explained.top(slot.top_features);
+    let top = model.explain(features).top(slot.top_features);
     if top.is_empty() {
         score.reasons.push(prefix.to_string());
     }
