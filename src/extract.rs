@@ -14,7 +14,8 @@ use crate::event::Event;
 /// `json:/pointer`, `cookie:NAME` or `ip`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    Header(String),
+    /// Parsed once, at config load: a request looks it up without re-validating the name.
+    Header(http::HeaderName),
     Query(String),
     Json(String),
     Cookie(String),
@@ -35,7 +36,9 @@ impl FromStr for Source {
             return Err(format!("identity source `{s}` names nothing after `{kind}:`"));
         }
         match kind {
-            "header" => Ok(Source::Header(arg.to_ascii_lowercase())),
+            "header" => http::HeaderName::from_bytes(arg.to_ascii_lowercase().as_bytes())
+                .map(Source::Header)
+                .map_err(|_| format!("`{arg}` in `{s}` is not a valid HTTP header name")),
             "query" => Ok(Source::Query(arg.to_string())),
             "cookie" => Ok(Source::Cookie(arg.to_string())),
             "json" if arg.starts_with('/') => Ok(Source::Json(arg.to_string())),
@@ -96,7 +99,7 @@ impl IdentitySpec {
     pub fn reads_header(&self, name: &str) -> bool {
         name == "x-forwarded-for"
             || self.sources().any(|s| match s {
-                Source::Header(h) => h == name,
+                Source::Header(h) => h.as_str() == name,
                 Source::Cookie(_) => name == "cookie",
                 _ => false,
             })
@@ -139,7 +142,7 @@ pub fn ambiguity(spec: &IdentitySpec, headers: &http::HeaderMap, query: &str) ->
     for source in spec.sources() {
         let repeated = match source {
             Source::Header(name) => {
-                let mut values = headers.get_all(name.as_str()).iter();
+                let mut values = headers.get_all(name).iter();
                 let first = values.next();
                 if first.is_some_and(|v| std::str::from_utf8(v.as_bytes()).is_err()) {
                     return Some(Ambiguity::NotUtf8(source.clone()));
@@ -265,7 +268,7 @@ pub fn client_ip(peer: IpAddr, xff: Option<&str>, trusted: &[IpNet]) -> IpAddr {
 fn read_source(source: &Source, event: &Event, ip: IpAddr) -> Option<String> {
     // Borrowed where the value is already text; copied once, trimmed and cut, at the end.
     let value: Cow<'_, str> = match source {
-        Source::Header(name) => Cow::Borrowed(event.header(name)?),
+        Source::Header(name) => Cow::Borrowed(event.header(name.as_str())?),
         Source::Query(name) => {
             form_urlencoded::parse(event.query.as_bytes())
                 .find(|(k, _)| k == name)?
@@ -373,6 +376,7 @@ mod tests {
             ("header:", "names nothing"),
             ("json:campaign", "must start with `/`"),
             ("body:x", "unknown identity source kind `body`"),
+            ("header:x user", "not a valid HTTP header name"),
         ] {
             let err = src.parse::<Source>().unwrap_err();
             assert!(err.contains(needle), "{src}: {err}");
@@ -383,7 +387,7 @@ mod tests {
     fn long_values_are_cut_on_a_char_boundary() {
         let long = "é".repeat(400);
         let ev = event(&[("x-user-id", &long)], "", None);
-        let v = read_source(&Source::Header("x-user-id".into()), &ev, ev.client_ip).unwrap();
+        let v = read_source(&Source::Header(http::HeaderName::from_static("x-user-id")), &ev, ev.client_ip).unwrap();
         assert!(v.len() <= MAX_IDENTITY_LEN && v.chars().all(|c| c == 'é'));
     }
 
@@ -419,7 +423,7 @@ mod tests {
     #[test]
     fn ambiguous_identities() {
         let spec = IdentitySpec {
-            device: Some(Source::Header("x-device-id".into())),
+            device: Some(Source::Header(http::HeaderName::from_static("x-device-id"))),
             inviter: Some(Source::Query("inviter".into())),
             phone: Some(Source::Cookie("ph".into())),
             campaign: Some(Source::Json("/campaign_id".into())),

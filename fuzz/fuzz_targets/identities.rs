@@ -18,15 +18,15 @@ fuzz_target!(|data: &[u8]| {
     // A source written by a user: parsed, and when valid used for the device identity.
     let custom = std::str::from_utf8(spec_text).ok().and_then(|s| s.parse::<Source>().ok());
     let spec = IdentitySpec {
-        user: Some(Source::Header("x-user-id".into())),
-        device: custom.or(Some(Source::Header("x-device-id".into()))),
+        user: Some(Source::Header(http::HeaderName::from_static("x-user-id"))),
+        device: custom.or(Some(Source::Header(http::HeaderName::from_static("x-device-id")))),
         phone: Some(Source::Cookie("phone".into())),
         campaign: Some(Source::Json("/campaign_id".into())),
         inviter: Some(Source::Json("/inviter/0/id".into())),
         amount: Some(Source::Json("/amount".into())),
         pay_account: Some(Source::Query("pay".into())),
         address: Some(Source::Query("addr".into())),
-        user_agent: Some(Source::Header("user-agent".into())),
+        user_agent: Some(Source::Header(http::HeaderName::from_static("user-agent"))),
         app_version: Some(Source::Ip),
     };
     let mut headers = BTreeMap::new();
