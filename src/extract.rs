@@ -387,7 +387,12 @@ mod tests {
     fn long_values_are_cut_on_a_char_boundary() {
         let long = "é".repeat(400);
         let ev = event(&[("x-user-id", &long)], "", None);
-        let v = read_source(&Source::Header(http::HeaderName::from_static("x-user-id")), &ev, ev.client_ip).unwrap();
+        let v = read_source(
+            &Source::Header(http::HeaderName::from_static("x-user-id")),
+            &ev,
+            ev.client_ip,
+        )
+        .unwrap();
         assert!(v.len() <= MAX_IDENTITY_LEN && v.chars().all(|c| c == 'é'));
     }
 
