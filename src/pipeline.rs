@@ -67,13 +67,13 @@ pub async fn assess_route<S: StateStore>(
         _ => Score::neutral(),
     };
     match degraded {
-        Some(OnStateError::Local) => score.reasons.push("state_local".to_string()),
+        Some(OnStateError::Local) => score.reasons.push("state_local".into()),
         Some(OnStateError::Deny) => {
-            score.reasons.push("state_unavailable".to_string());
+            score.reasons.push("state_unavailable".into());
             score.floor = Decision::Block;
             score.floor_response = Some(ResponseKind::Block);
         }
-        Some(_) => score.reasons.push("state_unavailable".to_string()),
+        Some(_) => score.reasons.push("state_unavailable".into()),
         None => {}
     }
     let decision = if score.allowlisted {

@@ -6,6 +6,7 @@ use serde::Serialize;
 use crate::decide::Decision;
 use crate::event::{Event, Label};
 use crate::extract::Identities;
+use crate::score::Reason;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DecisionRecord<'a> {
@@ -16,7 +17,7 @@ pub struct DecisionRecord<'a> {
     pub decision: Decision,
     /// Rounded to three decimals, as in the `x-risk-score` header.
     pub score: f64,
-    pub reasons: &'a [String],
+    pub reasons: &'a [Reason],
     pub identities: &'a Identities,
     pub mode: &'static str,
     /// The classifier's calibrated score (three decimals), when a model scored the

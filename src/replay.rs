@@ -18,6 +18,7 @@ use crate::pipeline::{self, Assessment};
 use crate::record::DecisionRecord;
 use crate::report::{Confusion, Tally};
 use crate::runtime::{self, Runtime};
+use crate::score::Reason;
 use crate::state::{memory, Backend, KeyHasher, MemoryState, RedisState};
 
 /// Replay keys state with a fixed seed: the same input gives the same output, always.
@@ -270,7 +271,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
 }
 
 /// Route name, decision, reasons, and whether the route is scored at all.
-fn describe<'a>(rt: &'a Runtime, a: Option<&'a Assessment>) -> (&'a str, Decision, &'a [String], bool) {
+fn describe<'a>(rt: &'a Runtime, a: Option<&'a Assessment>) -> (&'a str, Decision, &'a [Reason], bool) {
     match a {
         Some(a) => (
             &rt.routes[a.route].name,
@@ -304,8 +305,8 @@ impl Diff {
         route: &str,
         old: Decision,
         new: Decision,
-        old_reasons: &[String],
-        new_reasons: &[String],
+        old_reasons: &[Reason],
+        new_reasons: &[Reason],
         id: &str,
     ) {
         self.flips += 1;

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::decide::Decision;
 use crate::event::Label;
+use crate::score::Reason;
 
 /// Counts of one group of requests.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -98,11 +99,16 @@ impl Tally {
     /// Counts one decision record. `scored` is false for requests the gateway never
     /// scores (browsing, unmatched paths): they are counted per route but left out of
     /// the detection figures, which they could only dilute.
-    pub fn add(&mut self, route: &str, decision: Decision, reasons: &[String], label: Option<&Label>, scored: bool) {
+    pub fn add(&mut self, route: &str, decision: Decision, reasons: &[Reason], label: Option<&Label>, scored: bool) {
         self.events += 1;
         self.by_route.entry(route.to_string()).or_default().add(decision);
         for r in reasons {
-            *self.by_reason.entry(r.clone()).or_default() += 1;
+            match self.by_reason.get_mut(&**r) {
+                Some(n) => *n += 1,
+                None => {
+                    self.by_reason.insert(r.to_string(), 1);
+                }
+            }
         }
         if let (Some(label), true) = (label, scored) {
             let kind = label

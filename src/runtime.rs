@@ -20,6 +20,7 @@ use crate::expr::Expr;
 use crate::extract::{IdentitySpec, Source};
 use crate::features;
 use crate::model::Model;
+use crate::score::Reason;
 use crate::state::{KeyHasher, KeyKind};
 
 /// Everything the request path needs from config, compiled.
@@ -137,6 +138,8 @@ pub struct Route {
 #[derive(Debug)]
 pub struct Limit {
     pub name: String,
+    /// `limit:NAME` (`shadow:limit:NAME`), made once: requests share it.
+    pub reason: Reason,
     pub key_kind: KeyKind,
     /// Mixed with the identity's key: one GCRA cell per (route, limit, identity).
     pub id: u64,
@@ -150,6 +153,8 @@ pub struct Limit {
 #[derive(Debug)]
 pub struct Rule {
     pub name: String,
+    /// `NAME` (`shadow:NAME`), made once: requests share it.
+    pub reason: Reason,
     pub expr: Expr,
     pub score: f64,
     pub shadow: bool,
@@ -159,6 +164,8 @@ pub struct Rule {
 #[derive(Debug)]
 pub struct List {
     pub name: String,
+    /// `allowlist:NAME` or `blocklist:NAME`, made once: requests share it.
+    pub reason: Reason,
     pub kind: ListKind,
     pub action: ListAction,
     pub path: PathBuf,
@@ -453,6 +460,11 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
         match Expr::compile(r.when.get_ref(), features::index_of) {
             Ok(expr) => {
                 rules.push(Rule {
+                    reason: if r.shadow {
+                        format!("shadow:{name}").into()
+                    } else {
+                        name.as_str().into()
+                    },
                     name: name.clone(),
                     expr,
                     score,
@@ -649,6 +661,12 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
             };
             limits.push(Limit {
                 id: hasher.key(KeyKind::Route, &format!("{name}/{lname}")),
+                reason: if lc.shadow {
+                    format!("shadow:limit:{lname}")
+                } else {
+                    format!("limit:{lname}")
+                }
+                .into(),
                 name: lname,
                 key_kind,
                 quota: quota.allow_burst(burst),
@@ -745,6 +763,11 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
         watched.push((file_path.clone(), Fingerprint::read(&file_path)));
         match load_list(&file_path, lc.kind) {
             Ok((values, ips, nets)) => lists.push(List {
+                reason: match lc.action {
+                    ListAction::Allow => format!("allowlist:{name}"),
+                    ListAction::Block => format!("blocklist:{name}"),
+                }
+                .into(),
                 name,
                 kind: lc.kind,
                 action: lc.action,

@@ -1,6 +1,8 @@
 //! Score: lists, limits and rules over the request's signals → a score in [0, 1], the
 //! hard floor lists and limits put under the decision, and the reasons.
 
+use std::sync::Arc;
+
 use smallvec::SmallVec;
 
 use crate::config::{Combine, ListAction, ListKind, ModelMode};
@@ -27,6 +29,10 @@ pub enum Hit {
     },
 }
 
+/// A reason code. Made once per config (or model) and shared by the requests that
+/// carry it: a stopped request carries a dozen, and copying none of them is cheaper.
+pub type Reason = Arc<str>;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Score {
     pub value: f64,
@@ -39,7 +45,7 @@ pub struct Score {
     pub retry_after_ms: Option<u64>,
     /// Reason codes, in config order: lists, limits, rules; `shadow:` marks what was
     /// only watched.
-    pub reasons: Vec<String>,
+    pub reasons: Vec<Reason>,
     pub hits: SmallVec<[Hit; 8]>,
     /// The model's calibrated score, when a model scored the request (enforced or
     /// shadowed: `Route::model` says which).
@@ -78,14 +84,14 @@ pub fn evaluate(rt: &Runtime, route: &Route, ids: &Identities, signals: &Signals
         score.hits.push(Hit::List(i));
         match list.action {
             ListAction::Allow => {
-                score.reasons.push(format!("allowlist:{}", list.name));
+                score.reasons.push(list.reason.clone());
                 score.allowlisted = true;
                 score.floor = Decision::Allow;
                 score.floor_response = None;
                 return score;
             }
             ListAction::Block => {
-                score.reasons.push(format!("blocklist:{}", list.name));
+                score.reasons.push(list.reason.clone());
                 score.value = 1.0;
                 score.floor = Decision::Block;
                 score.floor_response = Some(ResponseKind::Block);
@@ -100,11 +106,10 @@ pub fn evaluate(rt: &Runtime, route: &Route, ids: &Identities, signals: &Signals
             index: i,
             shadow: limit.shadow,
         });
+        score.reasons.push(limit.reason.clone());
         if limit.shadow {
-            score.reasons.push(format!("shadow:limit:{}", limit.name));
             continue;
         }
-        score.reasons.push(format!("limit:{}", limit.name));
         score.retry_after_ms = Some(score.retry_after_ms.unwrap_or(0).max(*retry_after_ms));
         if limit.decision > score.floor {
             score.floor = limit.decision;
@@ -127,10 +132,8 @@ pub fn evaluate(rt: &Runtime, route: &Route, ids: &Identities, signals: &Signals
             index,
             shadow: rule.shadow,
         });
-        if rule.shadow {
-            score.reasons.push(format!("shadow:{}", rule.name));
-        } else {
-            score.reasons.push(rule.name.clone());
+        score.reasons.push(rule.reason.clone());
+        if !rule.shadow {
             doubt *= 1.0 - rule.score;
         }
     }
@@ -174,7 +177,7 @@ fn apply_model(score: &mut Score, slot: &ModelSlot, model: &Model, shadow: bool,
     let prefix = if shadow { "shadow:model" } else { "model" };
     let top = model.explain(features).top(slot.top_features);
     if top.is_empty() {
-        score.reasons.push(prefix.to_string());
+        score.reasons.push(prefix.into());
     }
     let names = model_reasons(shadow);
     for (f, _) in top {
@@ -183,13 +186,13 @@ fn apply_model(score: &mut Score, slot: &ModelSlot, model: &Model, shadow: bool,
 }
 
 /// `model:FEATURE` (`shadow:model:FEATURE`) for every feature, formatted once.
-fn model_reasons(shadow: bool) -> &'static [String] {
-    static REASONS: std::sync::OnceLock<[Vec<String>; 2]> = std::sync::OnceLock::new();
+fn model_reasons(shadow: bool) -> &'static [Reason] {
+    static REASONS: std::sync::OnceLock<[Vec<Reason>; 2]> = std::sync::OnceLock::new();
     let table = REASONS.get_or_init(|| {
         ["model", "shadow:model"].map(|prefix| {
             crate::features::ALL
                 .iter()
-                .map(|f| format!("{prefix}:{}", f.name()))
+                .map(|f| format!("{prefix}:{}", f.name()).into())
                 .collect()
         })
     });
