@@ -214,6 +214,37 @@ fn referral_rings_chains_and_self_invites_are_seen() {
 }
 
 #[test]
+fn a_ring_made_together_on_one_network_is_stopped_an_old_friend_on_it_is_not() {
+    let w = World::new();
+    // G has used the campaign for an hour when her neighbour H, on the same network
+    // and his own phone, assists her: forwarded.
+    w.send(Req::claim(0, "G", "phone-g", "198.51.100.60"));
+    w.send(Req::browse(3_500_000, "H", "phone-h", "198.51.100.61"));
+    w.send(Req::browse(3_510_000, "H", "phone-h", "198.51.100.61"));
+    let h = w.send(Req::assist(3_530_000, "H", "phone-h", "198.51.100.61", "G"));
+    assert_eq!(f(&h, "inviter_on_subnet"), 1.0);
+    assert_eq!(f(&h, "inviter_age_s"), 3_530.0);
+    assert!(!h.decision.stops(), "{:?}", h.score.reasons);
+    // A ring's accounts appear together on one network, each on its own phone, and
+    // assist each other round the circle minutes later: the same request shape, but the
+    // inviter is minutes old and younger than its invitee (an invitation brings someone
+    // in after the inviter; a ring's batch of accounts assists in any order).
+    w.send(Req::browse(4_000_000, "S1", "ring-s1", "198.51.102.7"));
+    w.send(Req::browse(4_100_000, "S1", "ring-s1", "198.51.102.7"));
+    w.send(Req::browse(4_150_000, "S2", "ring-s2", "198.51.102.8"));
+    let s = w.send(Req::assist(4_300_000, "S1", "ring-s1", "198.51.102.7", "S2"));
+    assert_eq!(f(&s, "inviter_on_subnet"), 1.0);
+    assert_eq!(f(&s, "inviter_age_s"), 150.0);
+    assert_eq!(f(&s, "user_age_s"), 300.0);
+    assert!(s.score.reasons.contains(&"self_invite_new_inviter".to_string()));
+    assert!(s.decision.stops(), "{:?}", s.score.reasons);
+    // An inviter never seen has no age.
+    let n = w.send(Req::assist(4_400_000, "S3", "ring-s3", "198.51.103.9", "nobody"));
+    assert_eq!(f(&n, "inviter_on_subnet"), 0.0);
+    assert_eq!(f(&n, "inviter_age_s"), 0.0);
+}
+
+#[test]
 fn a_household_invite_is_reviewed_a_ring_through_shared_phones_is_stopped() {
     let w = World::new();
     // One home network: E invites her husband F on his own phone. Forwarded.
@@ -477,6 +508,34 @@ fn a_rush_where_everyone_is_hasty_is_not_a_cloned_profile() {
     assert_eq!(f(&a, "ua_hasty_share_1h"), 1.0);
     assert_eq!(f(&a, "ua_hasty_lift_1h"), 1.0);
     assert!(!a.score.reasons.contains(&"cloned_profile_rush".to_string()));
+}
+
+#[test]
+fn an_order_just_above_the_threshold_straight_from_the_coupon_is_challenged() {
+    let w = World::new();
+    // A shopper looks at the campaign and at the item, then orders just above the
+    // threshold: forwarded.
+    w.send(Req::browse(0, "shopper", "shopper-phone", "198.51.100.70"));
+    w.send(Req {
+        path: "/api/item/view",
+        ..Req::browse(60_000, "shopper", "shopper-phone", "198.51.100.70")
+    });
+    let a = w.send(Req::order(
+        120_000,
+        "shopper",
+        "shopper-phone",
+        101.0,
+        "pay-s",
+        "addr-s",
+    ));
+    assert_eq!(f(&a, "user_browse_24h"), 2.0);
+    assert!(!a.decision.stops(), "{:?}", a.score.reasons);
+    // A fake order: the campaign page (where the coupon is), then the order, no item seen.
+    w.send(Req::browse(0, "faker", "faker-phone", "198.51.100.71"));
+    let b = w.send(Req::order(120_000, "faker", "faker-phone", 101.0, "pay-f", "addr-f"));
+    assert_eq!(f(&b, "user_browse_24h"), 1.0);
+    assert!(b.score.reasons.contains(&"order_without_item_view".to_string()));
+    assert!(b.decision.stops(), "{:?}", b.score.reasons);
 }
 
 #[test]
