@@ -30,6 +30,7 @@ struct Req<'a> {
     body: serde_json::Value,
     ua: &'a str,
     app: &'a str,
+    phone: Option<&'a str>,
 }
 
 impl<'a> Req<'a> {
@@ -43,6 +44,7 @@ impl<'a> Req<'a> {
             body: json!({"campaign_id": "c-1", "coupon_id": "new-user-50"}),
             ua: "Mozilla/5.0 (iPhone) MicroMessenger/8.0.47",
             app: "3.12.1",
+            phone: None,
         }
     }
     fn assist(ts: u64, user: &'a str, device: &'a str, ip: &'a str, inviter: &str) -> Self {
@@ -88,6 +90,9 @@ impl World {
             headers.insert("x-device-id".to_string(), d.to_string());
         }
         headers.insert("x-app-version".to_string(), r.app.to_string());
+        if let Some(p) = r.phone {
+            headers.insert("x-phone-hash".to_string(), p.to_string());
+        }
         headers.insert("user-agent".to_string(), r.ua.to_string());
         let method = if r.body.is_null() { "GET" } else { "POST" };
         let event = Event {
@@ -149,6 +154,32 @@ fn a_family_sharing_a_phone_and_an_address_is_not_stopped() {
         assert_eq!(f(&a, "users_per_address_24h"), i as f64 + 1.0);
         assert_eq!(f(&a, "users_per_device_24h"), i as f64 + 1.0);
         assert_eq!(f(&a, "users_per_pay_24h"), 1.0);
+    }
+}
+
+#[test]
+fn two_accounts_on_one_handset_and_one_phone_number_are_a_farm_a_household_is_not() {
+    let w = World::new();
+    let claim = |ts, user, device, phone| Req {
+        phone: Some(phone),
+        ..Req::claim(ts, user, device, "198.51.100.80")
+    };
+    // A household: two accounts on one handset, each with its own number.
+    for (ts, user, phone) in [(0, "K1", "num-k1"), (600_000, "K2", "num-k2")] {
+        w.send(Req::browse(ts, user, "phone-k", "198.51.100.80"));
+        w.send(Req::browse(ts + 20_000, user, "phone-k", "198.51.100.80"));
+        let a = w.send(claim(ts + 90_000, user, "phone-k", phone));
+        assert!(!a.decision.stops(), "{:?}", a.score.reasons);
+    }
+    // A farm re-binding one virtual number to the next account on the same handset.
+    for (ts, user) in [(1_000_000, "V1"), (1_600_000, "V2")] {
+        w.send(Req::browse(ts, user, "phone-v", "198.51.100.80"));
+        w.send(Req::browse(ts + 20_000, user, "phone-v", "198.51.100.80"));
+        let a = w.send(claim(ts + 90_000, user, "phone-v", "num-pool-1"));
+        let farm = user == "V2";
+        assert_eq!(f(&a, "users_per_phone_24h"), if farm { 2.0 } else { 1.0 });
+        assert_eq!(a.decision.stops(), farm, "{user}: {:?}", a.score.reasons);
+        assert_eq!(a.score.reasons.contains(&"phone_shared_on_device".to_string()), farm);
     }
 }
 
