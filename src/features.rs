@@ -4,7 +4,7 @@
 //! mean one thing to a rule and another to the classifier.
 
 /// Bumped whenever a feature is added, removed, renamed or changes meaning.
-pub const FEATURE_SET_VERSION: &str = "rg-features-5";
+pub const FEATURE_SET_VERSION: &str = "rg-features-6";
 
 macro_rules! features {
     ($( $variant:ident => $name:literal, $window:literal, $meaning:literal; )*) => {
@@ -116,6 +116,7 @@ features! {
     InviterOnSubnet => "inviter_on_subnet", "24 h", "1 when the inviter's account was seen on this /24 or /64";
     ReferralRing => "referral_ring", "24 h", "1 when the inviter had assisted this account before (A assists B, B assists A)";
     InviterIsInvitee => "inviter_is_invitee", "24 h", "1 when the inviter itself assisted someone (a chain A to B to C)";
+    InviterAgeS => "inviter_age_s", "-", "seconds since the inviter's account was first seen (0 = new now or never seen): a ring's inviters are made minutes before their invitees";
     UserBrowse1h => "user_browse_1h", "1 h", "browsing requests (campaign and item pages) by this account";
     UserBrowse24h => "user_browse_24h", "24 h", "browsing requests (campaign and item pages) by this account";
     UserRegularGaps => "user_regular_gaps", "-", "consecutive gaps between this account's requests within 5% of the previous gap (timer-driven)";

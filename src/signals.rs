@@ -123,6 +123,7 @@ pub async fn observe<S: StateStore>(
     f.set(Feature::InviterOnSubnet, flag(r.inviter_on_subnet));
     f.set(Feature::ReferralRing, flag(r.referral_ring));
     f.set(Feature::InviterIsInvitee, flag(r.inviter_is_invitee));
+    f.set(Feature::InviterAgeS, r.inviter_age_ms.unwrap_or(0) as f64 / 1_000.0);
     windows(&mut f, Feature::UserBrowse1h, &r.browse);
     f.set(Feature::UserRegularGaps, f64::from(r.user_regular));
     f.set(Feature::DeviceRegularGaps, f64::from(r.device_regular));

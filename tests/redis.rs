@@ -611,7 +611,7 @@ fn both_backends_read_out_the_same_on_random_observations() {
         governor::Quota::per_hour(std::num::NonZeroU32::new(20).unwrap()),
     ];
     let mut now = 1_762_819_200_000u64;
-    let mut exercised = [0u32; 4];
+    let mut exercised = [0u32; 5];
     // The last 2,000 bring fresh devices, so that many requests are a new device's
     // first on a route, from accounts with a browsing history of any length.
     for i in 0..6_000 {
@@ -669,8 +669,10 @@ fn both_backends_read_out_the_same_on_random_observations() {
         exercised[1] += u32::from(want.first_requests[0] > 0);
         exercised[2] += u32::from(want.inviter_blind_invitees[0] > 0);
         exercised[3] += u32::from(want.cluster[0] > 1);
+        exercised[4] += u32::from(want.inviter_age_ms.is_some_and(|age| age > 0));
     }
     // The rarer paths were taken, not just compared as zeros: new devices' first
-    // requests on a route (hasty ones too), blind invitees, clusters of several accounts.
+    // requests on a route (hasty ones too), blind invitees, clusters of several accounts,
+    // inviters whose account had been seen before.
     assert!(exercised.iter().all(|&n| n >= 100), "{exercised:?}");
 }

@@ -30,6 +30,7 @@ struct Req<'a> {
     body: serde_json::Value,
     ua: &'a str,
     app: &'a str,
+    phone: Option<&'a str>,
 }
 
 impl<'a> Req<'a> {
@@ -43,6 +44,7 @@ impl<'a> Req<'a> {
             body: json!({"campaign_id": "c-1", "coupon_id": "new-user-50"}),
             ua: "Mozilla/5.0 (iPhone) MicroMessenger/8.0.47",
             app: "3.12.1",
+            phone: None,
         }
     }
     fn assist(ts: u64, user: &'a str, device: &'a str, ip: &'a str, inviter: &str) -> Self {
@@ -88,6 +90,9 @@ impl World {
             headers.insert("x-device-id".to_string(), d.to_string());
         }
         headers.insert("x-app-version".to_string(), r.app.to_string());
+        if let Some(p) = r.phone {
+            headers.insert("x-phone-hash".to_string(), p.to_string());
+        }
         headers.insert("user-agent".to_string(), r.ua.to_string());
         let method = if r.body.is_null() { "GET" } else { "POST" };
         let event = Event {
@@ -153,6 +158,32 @@ fn a_family_sharing_a_phone_and_an_address_is_not_stopped() {
 }
 
 #[test]
+fn two_accounts_on_one_handset_and_one_phone_number_are_a_farm_a_household_is_not() {
+    let w = World::new();
+    let claim = |ts, user, device, phone| Req {
+        phone: Some(phone),
+        ..Req::claim(ts, user, device, "198.51.100.80")
+    };
+    // A household: two accounts on one handset, each with its own number.
+    for (ts, user, phone) in [(0, "K1", "num-k1"), (600_000, "K2", "num-k2")] {
+        w.send(Req::browse(ts, user, "phone-k", "198.51.100.80"));
+        w.send(Req::browse(ts + 20_000, user, "phone-k", "198.51.100.80"));
+        let a = w.send(claim(ts + 90_000, user, "phone-k", phone));
+        assert!(!a.decision.stops(), "{:?}", a.score.reasons);
+    }
+    // A farm re-binding one virtual number to the next account on the same handset.
+    for (ts, user) in [(1_000_000, "V1"), (1_600_000, "V2")] {
+        w.send(Req::browse(ts, user, "phone-v", "198.51.100.80"));
+        w.send(Req::browse(ts + 20_000, user, "phone-v", "198.51.100.80"));
+        let a = w.send(claim(ts + 90_000, user, "phone-v", "num-pool-1"));
+        let farm = user == "V2";
+        assert_eq!(f(&a, "users_per_phone_24h"), if farm { 2.0 } else { 1.0 });
+        assert_eq!(a.decision.stops(), farm, "{user}: {:?}", a.score.reasons);
+        assert_eq!(a.score.reasons.contains(&"phone_shared_on_device".to_string()), farm);
+    }
+}
+
+#[test]
 fn a_carrier_nat_is_many_accounts_on_one_ip_but_nothing_else() {
     let w = World::new();
     let mut last = None;
@@ -211,6 +242,37 @@ fn referral_rings_chains_and_self_invites_are_seen() {
     ] {
         assert_eq!(f(&c, name), 0.0, "{name}");
     }
+}
+
+#[test]
+fn a_ring_made_together_on_one_network_is_stopped_an_old_friend_on_it_is_not() {
+    let w = World::new();
+    // G has used the campaign for an hour when her neighbour H, on the same network
+    // and his own phone, assists her: forwarded.
+    w.send(Req::claim(0, "G", "phone-g", "198.51.100.60"));
+    w.send(Req::browse(3_500_000, "H", "phone-h", "198.51.100.61"));
+    w.send(Req::browse(3_510_000, "H", "phone-h", "198.51.100.61"));
+    let h = w.send(Req::assist(3_530_000, "H", "phone-h", "198.51.100.61", "G"));
+    assert_eq!(f(&h, "inviter_on_subnet"), 1.0);
+    assert_eq!(f(&h, "inviter_age_s"), 3_530.0);
+    assert!(!h.decision.stops(), "{:?}", h.score.reasons);
+    // A ring's accounts appear together on one network, each on its own phone, and
+    // assist each other round the circle minutes later: the same request shape, but the
+    // inviter is minutes old and younger than its invitee (an invitation brings someone
+    // in after the inviter; a ring's batch of accounts assists in any order).
+    w.send(Req::browse(4_000_000, "S1", "ring-s1", "198.51.102.7"));
+    w.send(Req::browse(4_100_000, "S1", "ring-s1", "198.51.102.7"));
+    w.send(Req::browse(4_150_000, "S2", "ring-s2", "198.51.102.8"));
+    let s = w.send(Req::assist(4_300_000, "S1", "ring-s1", "198.51.102.7", "S2"));
+    assert_eq!(f(&s, "inviter_on_subnet"), 1.0);
+    assert_eq!(f(&s, "inviter_age_s"), 150.0);
+    assert_eq!(f(&s, "user_age_s"), 300.0);
+    assert!(s.score.reasons.contains(&"self_invite_new_inviter".to_string()));
+    assert!(s.decision.stops(), "{:?}", s.score.reasons);
+    // An inviter never seen has no age.
+    let n = w.send(Req::assist(4_400_000, "S3", "ring-s3", "198.51.103.9", "nobody"));
+    assert_eq!(f(&n, "inviter_on_subnet"), 0.0);
+    assert_eq!(f(&n, "inviter_age_s"), 0.0);
 }
 
 #[test]
@@ -477,6 +539,34 @@ fn a_rush_where_everyone_is_hasty_is_not_a_cloned_profile() {
     assert_eq!(f(&a, "ua_hasty_share_1h"), 1.0);
     assert_eq!(f(&a, "ua_hasty_lift_1h"), 1.0);
     assert!(!a.score.reasons.iter().any(|r| &**r == "cloned_profile_rush"));
+}
+
+#[test]
+fn an_order_just_above_the_threshold_straight_from_the_coupon_is_challenged() {
+    let w = World::new();
+    // A shopper looks at the campaign and at the item, then orders just above the
+    // threshold: forwarded.
+    w.send(Req::browse(0, "shopper", "shopper-phone", "198.51.100.70"));
+    w.send(Req {
+        path: "/api/item/view",
+        ..Req::browse(60_000, "shopper", "shopper-phone", "198.51.100.70")
+    });
+    let a = w.send(Req::order(
+        120_000,
+        "shopper",
+        "shopper-phone",
+        101.0,
+        "pay-s",
+        "addr-s",
+    ));
+    assert_eq!(f(&a, "user_browse_24h"), 2.0);
+    assert!(!a.decision.stops(), "{:?}", a.score.reasons);
+    // A fake order: the campaign page (where the coupon is), then the order, no item seen.
+    w.send(Req::browse(0, "faker", "faker-phone", "198.51.100.71"));
+    let b = w.send(Req::order(120_000, "faker", "faker-phone", 101.0, "pay-f", "addr-f"));
+    assert_eq!(f(&b, "user_browse_24h"), 1.0);
+    assert!(b.score.reasons.contains(&"order_without_item_view".to_string()));
+    assert!(b.decision.stops(), "{:?}", b.score.reasons);
 }
 
 #[test]

@@ -303,6 +303,9 @@ impl MemoryState {
                 })
                 .unwrap_or((false, false));
             (out.referral_ring, out.inviter_is_invitee) = (ring, chain);
+            out.inviter_age_ms = self
+                .identities
+                .peek(inviter_user, |e| now.saturating_sub(e.first_seen_ms));
             self.identities.update(combine(user, TAG_ASSISTED), now, |e, _| {
                 e.members.add(inviter_fp, now_s, DISTINCT_WINDOWS_S);
             });

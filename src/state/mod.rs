@@ -198,6 +198,8 @@ pub struct Readout {
     pub referral_ring: bool,
     /// The inviter itself assisted someone (a chain A→B→C).
     pub inviter_is_invitee: bool,
+    /// How long ago the inviter's account was first seen (None: never seen).
+    pub inviter_age_ms: Option<u64>,
     /// Distinct /24 or /64 subnets this inviter's invitees assisted from.
     pub inviter_invitee_subnets: [u32; 2],
     /// One outcome per `Observation::limits`, in order.

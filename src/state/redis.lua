@@ -522,11 +522,20 @@ end
 -- Slot 39: assists for the inviter by accounts that browsed nothing in the last hour.
 push(derived(39, browse[1] == 0))
 
--- Slots 40-: GCRA cells (governor's algorithm) in microseconds of event time:
+-- Slot 40: the inviter's account entry, read only: how long ago it was first seen
+-- (-1: never seen).
+local inviter_age = -1
+if slot[40] and cache[slot[40]] then
+  local first = struct.unpack(EFMT, cache[slot[40]])
+  inviter_age = math.max(now - first, 0)
+end
+push({inviter_age})
+
+-- Slots 41-: GCRA cells (governor's algorithm) in microseconds of event time:
 -- 0 = allowed, otherwise the wait in ms.
 local now_us = now * 1000
 for i = 1, nlimits do
-  local key = slot[39 + i]
+  local key = slot[40 + i]
   local t = tonumber(ARGV[16 + 2 * i])
   local tau = tonumber(ARGV[17 + 2 * i])
   local tat = tonumber(cache[key]) or now_us

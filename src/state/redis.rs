@@ -47,7 +47,7 @@ use crate::config::StateConfig;
 const SCRIPT: &str = include_str!("redis.lua");
 
 /// Fixed slots of the script before the limit cells (see `redis.lua`).
-const FIXED_SLOTS: usize = 39;
+const FIXED_SLOTS: usize = 40;
 
 /// After a failed call (or `TIMEOUTS_BEFORE_SKIPPING` timeouts in a row), requests
 /// skip Redis for this long and degrade at once, so that an outage costs one failed call
@@ -290,7 +290,9 @@ impl RedisState {
         }
         // 39: the inviter's assists by accounts that browsed nothing.
         slots.push(derived(referral.map(|(inviter, _, _)| inviter), TAG_BLIND_INVITEES));
-        // 40-: limit cells.
+        // 40: the inviter's account entry (its first-seen time, read only).
+        slots.push(referral.map(|(_, inviter_user, _)| self.key('e', inviter_user)));
+        // 41-: limit cells.
         for l in &obs.limits {
             slots.push(Some(self.key('l', l.key)));
         }
@@ -383,7 +385,7 @@ impl RedisState {
 
 /// The script's flat reply → a `Readout`.
 fn readout(v: &[i64], limits: usize) -> Result<Readout, StateError> {
-    const FIXED: usize = 32 + 16 + 4 + 2 + 6 + 2 + 2 + 2 + 4 + 2 + 3 + 2 + 2 + 4 + 2;
+    const FIXED: usize = 32 + 16 + 4 + 2 + 6 + 2 + 2 + 2 + 4 + 2 + 3 + 2 + 2 + 4 + 2 + 1;
     if v.len() != FIXED + limits {
         return Err(StateError::Unavailable(format!(
             "the state script answered {} values, expected {}",
@@ -426,7 +428,8 @@ fn readout(v: &[i64], limits: usize) -> Result<Readout, StateError> {
     r.prefix_new_devices = pair(i + 7);
     r.first_requests = [n(i + 9), n(i + 10), n(i + 11), n(i + 12)];
     r.inviter_blind_invitees = pair(i + 13);
-    i += 15;
+    r.inviter_age_ms = age(i + 15);
+    i += 16;
     r.limits = v[i..]
         .iter()
         .map(|ms| match *ms {
@@ -478,7 +481,7 @@ mod tests {
 
     #[test]
     fn readout_layout_round_trips() {
-        let mut v: Vec<i64> = (0..85).collect();
+        let mut v: Vec<i64> = (0..86).collect();
         v[48] = -1; // no account
         v.push(0);
         v.push(1_500);
@@ -489,6 +492,7 @@ mod tests {
         assert_eq!(r.prefix_new_devices, [77, 78]);
         assert_eq!(r.first_requests, [79, 80, 81, 82]);
         assert_eq!(r.inviter_blind_invitees, [83, 84]);
+        assert_eq!(r.inviter_age_ms, Some(85));
         assert_eq!(r.counts[0], [0, 1, 2, 3]);
         assert_eq!(r.counts[7], [28, 29, 30, 31]);
         assert_eq!(r.distinct[0], [32, 33]);
