@@ -179,7 +179,7 @@ fn two_accounts_on_one_handset_and_one_phone_number_are_a_farm_a_household_is_no
         let farm = user == "V2";
         assert_eq!(f(&a, "users_per_phone_24h"), if farm { 2.0 } else { 1.0 });
         assert_eq!(a.decision.stops(), farm, "{user}: {:?}", a.score.reasons);
-        assert_eq!(a.score.reasons.contains(&"phone_shared_on_device".to_string()), farm);
+        assert_eq!(a.score.reasons.iter().any(|r| &**r == "phone_shared_on_device"), farm);
     }
 }
 
@@ -267,7 +267,7 @@ fn a_ring_made_together_on_one_network_is_stopped_an_old_friend_on_it_is_not() {
     assert_eq!(f(&s, "inviter_on_subnet"), 1.0);
     assert_eq!(f(&s, "inviter_age_s"), 150.0);
     assert_eq!(f(&s, "user_age_s"), 300.0);
-    assert!(s.score.reasons.contains(&"self_invite_new_inviter".to_string()));
+    assert!(s.score.reasons.iter().any(|r| &**r == "self_invite_new_inviter"));
     assert!(s.decision.stops(), "{:?}", s.score.reasons);
     // An inviter never seen has no age.
     let n = w.send(Req::assist(4_400_000, "S3", "ring-s3", "198.51.103.9", "nobody"));
@@ -565,7 +565,7 @@ fn an_order_just_above_the_threshold_straight_from_the_coupon_is_challenged() {
     w.send(Req::browse(0, "faker", "faker-phone", "198.51.100.71"));
     let b = w.send(Req::order(120_000, "faker", "faker-phone", 101.0, "pay-f", "addr-f"));
     assert_eq!(f(&b, "user_browse_24h"), 1.0);
-    assert!(b.score.reasons.contains(&"order_without_item_view".to_string()));
+    assert!(b.score.reasons.iter().any(|r| &**r == "order_without_item_view"));
     assert!(b.decision.stops(), "{:?}", b.score.reasons);
 }
 
