@@ -38,6 +38,11 @@ fn bench(c: &mut Criterion) {
         ready(pipeline::assess(&rt, &state, &hasher, &event(i, t0 + i / 100)));
     }
     let tables = state.stats();
+    // Bytes per account only mean something for a state that forgot nothing.
+    assert!(
+        tables.iter().all(|t| t.evictions == 0),
+        "the warm-up evicted keys: raise the bench's budget\n{tables:?}"
+    );
     let bytes: u64 = tables.iter().map(|t| t.bytes).sum();
     eprintln!(
         "tracked after warm-up: {tables:?}\n  {bytes} bytes in all, {:.0} bytes per account",

@@ -148,8 +148,8 @@ pub struct MemoryState {
 /// counts included), the counters table only the hot campaign and route keys and the
 /// derived counters of user agents, device-id prefixes and inviters.
 const COUNTERS_SHARE: f64 = 0.15;
-const IDENTITIES_SHARE: f64 = 0.40;
-const DEVICES_SHARE: f64 = 0.30;
+const IDENTITIES_SHARE: f64 = 0.45;
+const DEVICES_SHARE: f64 = 0.25;
 const CLUSTERS_SHARE: f64 = 0.07;
 const LIMITS_SHARE: f64 = 1.0 - COUNTERS_SHARE - IDENTITIES_SHARE - DEVICES_SHARE - CLUSTERS_SHARE;
 
