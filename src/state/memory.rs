@@ -1,8 +1,6 @@
 //! The in-process state backend: bounded maps of windows, distinct sets and GCRA cells.
 
 use std::cell::Cell;
-
-use smallvec::SmallVec;
 use std::sync::Arc;
 
 use governor::clock::Clock;
@@ -10,6 +8,7 @@ use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::StateStore as GovernorStore;
 use governor::RateLimiter;
+use smallvec::SmallVec;
 
 use super::bounded::{BoundedMap, HeapSize};
 use super::cluster::{self, ClusterEntry, ClusterStep};
