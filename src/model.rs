@@ -122,40 +122,16 @@ struct Node {
     threshold: f64,
     value: f32,
     feature: u16,
-    /// Indexes of the children within the forest's node array. A leaf points at itself
-    /// both ways (with an infinite threshold), so that a walk of a fixed number of steps
-    /// stays on it: trees are walked side by side without a branch per tree.
+    /// Index of the left child within the forest's node array; 0 for a leaf. The right
+    /// child follows as `right`.
     left: u32,
     right: u32,
 }
 
-impl Node {
-    fn is_leaf(&self, at: usize) -> bool {
-        self.left as usize == at
-    }
-
-    fn next(&self, x: &[f64]) -> usize {
-        (if x[self.feature as usize] <= self.threshold {
-            self.left
-        } else {
-            self.right
-        }) as usize
-    }
-}
-
-/// Trees walked side by side: their walks are independent, so the processor overlaps
-/// their loads instead of waiting on one tree's chain at a time.
-const LANES: usize = 4;
-
 #[derive(Debug, Clone, PartialEq)]
 enum Compiled {
     Linear(Box<Linear>),
-    /// `depth`: the deepest tree's, the steps a walk takes.
-    Forest {
-        nodes: Vec<Node>,
-        roots: Vec<u32>,
-        depth: usize,
-    },
+    Forest { nodes: Vec<Node>, roots: Vec<u32> },
 }
 
 /// A logistic regression with the standardization folded in: log-odds =
@@ -252,7 +228,6 @@ impl Model {
                 }
                 let mut nodes = Vec::new();
                 let mut roots = Vec::with_capacity(trees.len());
-                let mut depth = 0;
                 for (t, tree) in trees.iter().enumerate() {
                     let n = tree.feature.len();
                     let same = [
@@ -281,18 +256,16 @@ impl Model {
                         if !(0.0..=1.0).contains(&v) || (!leaf && !tree.threshold[i].is_finite()) {
                             return Err(invalid(format!("tree {t}, node {i}: bad value or threshold")));
                         }
-                        let at = base + i as u32;
                         nodes.push(Node {
-                            threshold: if leaf { f64::INFINITY } else { tree.threshold[i] },
+                            threshold: tree.threshold[i],
                             value: v as f32,
                             feature: if leaf { 0 } else { map[f] as u16 },
-                            left: if leaf { at } else { base + l as u32 },
-                            right: if leaf { at } else { base + r as u32 },
+                            left: if leaf { 0 } else { base + l as u32 },
+                            right: if leaf { 0 } else { base + r as u32 },
                         });
                     }
-                    depth = depth.max(tree_depth(&nodes, base as usize));
                 }
-                Compiled::Forest { nodes, roots, depth }
+                Compiled::Forest { nodes, roots }
             }
         };
         let Platt { a, b } = file.calibration;
@@ -316,23 +289,10 @@ impl Model {
         let x = f.as_slice();
         match &self.compiled {
             Compiled::Linear(l) => l.bias + l.weight.iter().zip(x).map(|(w, v)| w * squash(*v)).sum::<f64>(),
-            Compiled::Forest { nodes, roots, depth } => {
+            Compiled::Forest { nodes, roots } => {
                 let mut sum = 0.0;
-                for lane in roots.chunks(LANES) {
-                    // A short last group repeats its first tree, which is not summed twice.
-                    let mut at = [lane[0] as usize; LANES];
-                    for (a, root) in at.iter_mut().zip(lane) {
-                        *a = *root as usize;
-                    }
-                    for _ in 0..*depth {
-                        for a in &mut at {
-                            *a = nodes[*a].next(x);
-                        }
-                    }
-                    // In tree order, as `explain` sums: the same bits.
-                    for a in &at[..lane.len()] {
-                        sum += f64::from(nodes[*a].value);
-                    }
+                for &root in roots {
+                    sum += f64::from(nodes[leaf_of(nodes, root, x)].value);
                 }
                 logit(sum / roots.len() as f64)
             }
@@ -363,7 +323,7 @@ impl Model {
                 score: self.score(f),
                 contributions: self.contributions(f),
             },
-            Compiled::Forest { nodes, roots, .. } => {
+            Compiled::Forest { nodes, roots } => {
                 let (sum, contributions) = walk_forest(nodes, roots, f.as_slice());
                 Explained {
                     score: self.calibrated(logit(sum / roots.len() as f64)),
@@ -387,7 +347,7 @@ impl Model {
                     *o = w * (squash(*v) - m);
                 }
             }
-            Compiled::Forest { nodes, roots, .. } => out = walk_forest(nodes, roots, x).1,
+            Compiled::Forest { nodes, roots } => out = walk_forest(nodes, roots, x).1,
         }
         out
     }
@@ -445,9 +405,13 @@ fn walk_forest(nodes: &[Node], roots: &[u32], x: &[f64]) -> (f64, [f64; COUNT]) 
     let mut out = [0.0; COUNT];
     for &root in roots {
         let mut i = root as usize;
-        while !nodes[i].is_leaf(i) {
+        while nodes[i].left != 0 {
             let n = nodes[i];
-            let next = n.next(x);
+            let next = if x[n.feature as usize] <= n.threshold {
+                n.left
+            } else {
+                n.right
+            } as usize;
             out[n.feature as usize] += f64::from(nodes[next].value) - f64::from(n.value);
             i = next;
         }
@@ -458,22 +422,19 @@ fn walk_forest(nodes: &[Node], roots: &[u32], x: &[f64]) -> (f64, [f64; COUNT]) 
     (sum, out)
 }
 
-/// Steps from the root of the tree starting at `base` (the last tree in `nodes`) to its
-/// deepest leaf. Children come after their parents, so one forward pass has every
-/// node's level before it is read.
-fn tree_depth(nodes: &[Node], base: usize) -> usize {
-    let tree = &nodes[base..];
-    let mut level = vec![0usize; tree.len()];
-    let mut deepest = 0;
-    for (i, n) in tree.iter().enumerate() {
-        deepest = deepest.max(level[i]);
-        if !n.is_leaf(base + i) {
-            for child in [n.left, n.right] {
-                level[child as usize - base] = level[i] + 1;
-            }
+fn leaf_of(nodes: &[Node], root: u32, x: &[f64]) -> usize {
+    let mut i = root as usize;
+    loop {
+        let n = &nodes[i];
+        if n.left == 0 {
+            return i;
         }
+        i = if x[n.feature as usize] <= n.threshold {
+            n.left
+        } else {
+            n.right
+        } as usize;
     }
-    deepest
 }
 
 /// For each of the model's features, its index in the compiled list; refuses a model
