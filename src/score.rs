@@ -155,11 +155,9 @@ pub fn evaluate(rt: &Runtime, route: &Route, ids: &Identities, signals: &Signals
 /// The classifier's part: its calibrated score joins the rules' (unless shadowed), and
 /// when it is high enough its top contributing features become `model:FEATURE` reasons
 /// (`shadow:model:FEATURE` in shadow), so staff can see why a request was stopped.
-/// The explanation comes from the same walk over the trees as the score
-/// (`Model::explain`); only requests the model flags turn it into reasons.
+/// Every request gets the fast scoring walk; only one that gets reasons pays for the
+/// explaining walk (`Model::explain`, about three times slower).
 fn apply_model(score: &mut Score, slot: &ModelSlot, model: &Model, shadow: bool, features: &Features) {
-    // The score first (one fast walk); the contributions only for a request that gets
-    // reasons, which most requests do not.
     let p = model.score(features);
     score.model = Some(p);
     if !shadow && p >= slot.min_score {

@@ -198,7 +198,6 @@ impl MemoryState {
             // Fingerprints are the hash's top half; entry keys carry no route, so they
             // never meet the counters' keys.
             let member_fp = key(member).map(fingerprint);
-            let counted = (on as usize) < COUNTED;
             let t = match on {
                 KeyKind::Device => self.devices.update(on_key, now, |d, new| {
                     let t = d.id.touch(new, now, true, member_fp);
@@ -214,7 +213,7 @@ impl MemoryState {
                 }),
                 _ => self.identities.update(on_key, now, |e, new| {
                     let t = e.touch(new, now, on == KeyKind::User, member_fp);
-                    if counted {
+                    if (on as usize) < COUNTED {
                         out.counts[on as usize] = e.count(obs.route, now);
                     }
                     match on {
