@@ -22,8 +22,21 @@ async fn fingerprints(paths: &[PathBuf]) -> Vec<Fingerprint> {
     out
 }
 
+/// SIGHUP, registered before the listeners open: until then its default action ends
+/// the process, and a client could be served before the watch task first runs.
+#[cfg(unix)]
+pub type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+pub type Hangup = ();
+
+/// Registers SIGHUP (must be called within a Tokio runtime).
+pub fn hangup() -> Hangup {
+    #[cfg(unix)]
+    return tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+}
+
 /// Watches for SIGHUP and file changes until shutdown.
-pub async fn watch<S: StateStore>(gw: Arc<Gateway<S>>, mut shutdown: watch::Receiver<bool>) {
+pub async fn watch<S: StateStore>(gw: Arc<Gateway<S>>, hup: Hangup, mut shutdown: watch::Receiver<bool>) {
     // Compared against the fingerprints taken when the running config was read, so a
     // change made while it was loading is not missed.
     let (mut watched, mut seen): (Vec<PathBuf>, Vec<Fingerprint>) = gw.runtime.load().watched.iter().cloned().unzip();
@@ -31,7 +44,9 @@ pub async fn watch<S: StateStore>(gw: Arc<Gateway<S>>, mut shutdown: watch::Rece
     let mut ticker = tokio::time::interval(poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut hup = hup;
+    #[cfg(not(unix))]
+    let () = hup;
     loop {
         #[cfg(unix)]
         let hangup = async {

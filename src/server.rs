@@ -213,6 +213,7 @@ pub async fn start_with(
     hasher: KeyHasher,
     state: Backend,
 ) -> anyhow::Result<Running> {
+    let hup = crate::reload::hangup();
     let listener = TcpListener::bind(rt.server.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", rt.server.listen))?;
@@ -258,7 +259,7 @@ pub async fn start_with(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve_proxy(gateway.clone(), listener, shutdown_rx.clone()));
     tasks.spawn(crate::admin::serve(gateway.clone(), admin, shutdown_rx.clone()));
-    tasks.spawn(crate::reload::watch(gateway.clone(), shutdown_rx));
+    tasks.spawn(crate::reload::watch(gateway.clone(), hup, shutdown_rx));
     info!(%addr, %admin_addr, "riskgate serving");
     Ok(Running {
         addr,
