@@ -44,9 +44,11 @@ fn bench(c: &mut Criterion) {
         "the warm-up evicted keys: raise the bench's budget\n{tables:?}"
     );
     let bytes: u64 = tables.iter().map(|t| t.bytes).sum();
+    let entries: u64 = tables.iter().map(|t| t.entry_bytes).sum();
     eprintln!(
-        "tracked after warm-up: {tables:?}\n  {bytes} bytes in all, {:.0} bytes per account",
-        bytes as f64 / 1e6
+        "tracked after warm-up: {tables:?}\n  {entries} bytes in entries, {:.0} bytes per account \
+         ({bytes} allocated for the bench's budget)",
+        entries as f64 / 1e6
     );
 
     // A fixed pseudo-random walk over the tracked accounts.

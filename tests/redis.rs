@@ -581,7 +581,9 @@ async fn redis_cluster_backend_shares_one_limit_between_gateways() {
 /// GCRA limits; every readout must be equal.
 #[test]
 fn both_backends_read_out_the_same_on_random_observations() {
-    use riskgate::state::{KeyHasher, KeyKind, LimitCheck, MemoryState, Observation, RedisState, StateStore, KINDS};
+    use riskgate::state::{
+        combine, KeyHasher, KeyKind, LimitCheck, MemoryState, Observation, RedisState, StateStore, KINDS,
+    };
     let Some(redis) = RedisServer::start() else { return };
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -642,18 +644,23 @@ fn both_backends_read_out_the_same_on_random_observations() {
         keys[KeyKind::UserAgent as usize] = pick(KeyKind::UserAgent, 5, 95);
         let inviter_as_user =
             keys[KeyKind::Inviter as usize].map(|_| h.key(KeyKind::User, &format!("user-{}", rand(70))));
+        // As a route's limits are: one cell per (route, limit, identity), a device limit
+        // and two account limits, the second of a kind kept in the limits table.
+        let route = keys[KeyKind::Route as usize].unwrap_or(1);
         let limits = (0..rand(3))
             .filter_map(|j| {
-                let key = keys[if j == 0 { KeyKind::Device } else { KeyKind::User } as usize]?;
+                let kind = if j == 0 { KeyKind::Device } else { KeyKind::User };
                 Some(LimitCheck {
-                    key: key ^ j,
+                    key: combine(route ^ j, keys[kind as usize]?),
                     quota: quotas[j as usize],
+                    kind,
+                    first_of_kind: j < 2,
                 })
             })
             .collect();
         let obs = Observation {
             ts_ms: now,
-            route: keys[KeyKind::Route as usize].unwrap_or(1),
+            route,
             keys,
             inviter_as_user,
             device_prefix: keys[KeyKind::Device as usize].map(|d| d % 7),

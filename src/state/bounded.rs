@@ -33,7 +33,10 @@ impl HeapSize for u64 {}
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MapStats {
     pub keys: u64,
+    /// Allocated: both generations' slots, and the heap their values own.
     pub bytes: u64,
+    /// What the tracked keys themselves take: a slot each, and their heap.
+    pub entry_bytes: u64,
     pub evictions: u64,
 }
 
@@ -62,20 +65,24 @@ impl<V: Default + HeapSize> BoundedMap<V> {
         let slot = Self::slot_bytes();
         // Half the shard's budget per generation, of which a quarter is kept for heap when
         // values have any; the slot count is rounded down to a power of two so that the
-        // table never regrows past it (a table's capacity is 7/8 of its bucket count).
+        // table never regrows past it (see `capacity_of`).
         let per_generation = budget_bytes / SHARDS / 2;
         let for_slots = if V::HAS_HEAP {
             per_generation / 4 * 3
         } else {
             per_generation
         };
-        let buckets = prev_power_of_two((for_slots / slot).max(8));
-        let max_young = buckets / 8 * 7;
+        let buckets = prev_power_of_two((for_slots / slot).max(4));
+        let max_young = capacity_of(buckets);
         let max_young_heap = per_generation.saturating_sub(buckets * slot);
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
-                    young: HashMap::default(),
+                    // Sized for the budget up front: a table that grows rehashes every key
+                    // on the request path, about 0.5 us a request while state builds up
+                    // (BENCHMARKS.md). So memory is taken at start, as nginx takes its
+                    // zones: with transparent huge pages it is resident at once.
+                    young: HashMap::with_capacity_and_hasher(max_young, Default::default()),
                     old: HashMap::default(),
                     young_heap: 0,
                     old_heap: 0,
@@ -147,16 +154,15 @@ impl<V: Default + HeapSize> BoundedMap<V> {
 
     fn rotate(&self, shard: &mut Shard<V>, now_ms: u64) {
         self.evictions.fetch_add(shard.old.len() as u64, Ordering::Relaxed);
-        let cap = self.max_young.min(shard.young.len().max(8));
         shard.old = std::mem::replace(
             &mut shard.young,
-            HashMap::with_capacity_and_hasher(cap, Default::default()),
+            HashMap::with_capacity_and_hasher(self.max_young, Default::default()),
         );
         shard.old_heap = std::mem::take(&mut shard.young_heap);
         shard.young_since_ms = now_ms;
     }
 
-    /// Tracked keys, bytes used (slots allocated plus heap) and evictions so far.
+    /// Tracked keys, bytes allocated and used by them, and evictions so far.
     pub fn stats(&self) -> MapStats {
         let slot = Self::slot_bytes() as u64;
         let mut stats = MapStats {
@@ -165,9 +171,12 @@ impl<V: Default + HeapSize> BoundedMap<V> {
         };
         for shard in self.shards.iter() {
             let s = shard.lock().unwrap_or_else(|e| e.into_inner());
-            stats.keys += (s.young.len() + s.old.len()) as u64;
+            let keys = (s.young.len() + s.old.len()) as u64;
+            let heap = (s.young_heap + s.old_heap) as u64;
+            stats.keys += keys;
             let slots = bucket_count(s.young.capacity()) + bucket_count(s.old.capacity());
-            stats.bytes += slots as u64 * slot + (s.young_heap + s.old_heap) as u64;
+            stats.bytes += slots as u64 * slot + heap;
+            stats.entry_bytes += keys * slot + heap;
         }
         stats
     }
@@ -186,12 +195,22 @@ fn prev_power_of_two(n: usize) -> usize {
     }
 }
 
-/// Buckets behind a hash table of the given capacity (7/8 load, power of two).
+/// The capacity of a hash table of `buckets` buckets (hashbrown's: 7/8 of them, one
+/// bucket less in tables under 8).
+fn capacity_of(buckets: usize) -> usize {
+    if buckets < 8 {
+        buckets - 1
+    } else {
+        buckets / 8 * 7
+    }
+}
+
+/// Buckets behind a hash table of the given capacity (the inverse of `capacity_of`).
 fn bucket_count(capacity: usize) -> usize {
     if capacity == 0 {
         0
-    } else if capacity < 8 {
-        capacity.next_power_of_two() * 2
+    } else if capacity < 7 {
+        capacity + 1
     } else {
         (capacity * 8 / 7).next_power_of_two()
     }
@@ -270,6 +289,16 @@ mod tests {
             }
         }
         assert_eq!(map.peek(key(7), |v| *v), Some(2_000));
+    }
+
+    #[test]
+    fn presized_tables_take_the_buckets_the_accounting_assumes() {
+        for buckets in (2..20).map(|p| 1usize << p) {
+            let cap = capacity_of(buckets);
+            let table: HashMap<u64, [u8; 136]> = HashMap::with_capacity(cap);
+            assert_eq!(table.capacity(), cap, "{buckets} buckets");
+            assert_eq!(bucket_count(cap), buckets);
+        }
     }
 
     #[test]

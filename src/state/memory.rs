@@ -14,9 +14,9 @@ use super::bounded::{BoundedMap, HeapSize};
 use super::cluster::{self, ClusterEntry, ClusterStep};
 use super::window::{DistinctSet, HourDay, Windows, DISTINCT_CAP};
 use super::{
-    combine, fingerprint, KeyKind, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats, COUNTED,
-    DISTINCT, DISTINCT_WINDOWS_S, TAG_ASSISTED, TAG_BLIND_INVITEES, TAG_CLUSTER, TAG_HASTY, TAG_INVITEE_SUBNETS,
-    TAG_NEW_DEVICES, TAG_NEW_FIRST, TAG_NEW_INVITEES, TAG_PREFIX_NEW_DEVICES,
+    combine, fingerprint, KeyKind, LimitCheck, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats,
+    COUNTED, DISTINCT, DISTINCT_WINDOWS_S, TAG_ASSISTED, TAG_BLIND_INVITEES, TAG_CLUSTER, TAG_HASTY,
+    TAG_INVITEE_SUBNETS, TAG_NEW_DEVICES, TAG_NEW_FIRST, TAG_NEW_INVITEES, TAG_PREFIX_NEW_DEVICES,
 };
 
 /// Per identity (global across routes): when it was first seen, the timing of its
@@ -39,7 +39,16 @@ pub struct IdentityEntry {
     counter: HourDay,
     /// Its requests per route (counted kinds only), by route key. Routes come from the
     /// config, so this is as bounded as the config; most identities use one.
-    routes: SmallVec<[(u64, Windows); 1]>,
+    routes: SmallVec<[RouteCounts; 1]>,
+}
+
+/// An identity's requests on one route, and the GCRA cell (theoretical arrival time,
+/// 0 for none) of the route's first limit keyed by this kind of identity.
+#[derive(Debug, Clone, Default)]
+struct RouteCounts {
+    route: u64,
+    windows: Windows,
+    tat: u64,
 }
 
 /// What one touch of an identity entry reads.
@@ -66,16 +75,25 @@ impl IdentityEntry {
         self.last_ms = self.last_ms.max(now);
     }
 
-    /// Counts a request on `route` and returns its windows.
-    fn count(&mut self, route: u64, now: u64) -> [u32; 4] {
-        let i = match self.routes.iter().position(|(r, _)| *r == route) {
+    /// Counts a request on `obs.route` and returns its windows; tests (and consumes)
+    /// the route's limit on this kind of identity kept here, if any, into `limits`.
+    fn count(&mut self, obs: &Observation, kind: KeyKind, limits: &mut [LimitOutcome]) -> [u32; 4] {
+        let i = match self.routes.iter().position(|r| r.route == obs.route) {
             Some(i) => i,
             None => {
-                self.routes.push((route, Windows::default()));
+                self.routes.push(RouteCounts {
+                    route: obs.route,
+                    ..RouteCounts::default()
+                });
                 self.routes.len() - 1
             }
         };
-        self.routes[i].1.bump(now)
+        let counts = &mut self.routes[i];
+        if let Some(j) = obs.limits.iter().position(|c| colocated(c) && c.kind == kind) {
+            let cell = EntryCell(Cell::from_mut(&mut counts.tat));
+            limits[j] = gcra(cell, obs.limits[j].quota, obs.ts_ms);
+        }
+        counts.windows.bump(obs.ts_ms)
     }
 
     /// One request of (or about) this identity: first seen, timing when `timed`, and
@@ -107,7 +125,7 @@ impl HeapSize for IdentityEntry {
 
     fn heap_bytes(&self) -> usize {
         let routes = if self.routes.spilled() {
-            self.routes.capacity() * std::mem::size_of::<(u64, Windows)>()
+            self.routes.capacity() * std::mem::size_of::<RouteCounts>()
         } else {
             0
         };
@@ -172,7 +190,10 @@ impl MemoryState {
 
     /// The synchronous core of `observe`, for callers outside an async context.
     pub fn observe_now(&self, obs: &Observation) -> Readout {
-        let mut out = Readout::default();
+        let mut out = Readout {
+            limits: obs.limits.iter().map(|_| LimitOutcome::Allowed).collect(),
+            ..Readout::default()
+        };
         let now = obs.ts_ms;
         let now_s = (now / 1_000) as u32;
         let key = |kind: KeyKind| obs.keys[kind as usize];
@@ -201,7 +222,7 @@ impl MemoryState {
             let t = match on {
                 KeyKind::Device => self.devices.update(on_key, now, |d, new| {
                     let t = d.id.touch(new, now, true, member_fp);
-                    out.counts[on as usize] = d.id.count(obs.route, now);
+                    out.counts[on as usize] = d.id.count(obs, on, &mut out.limits);
                     out.new_users[0] = d.id.counter.bump_if(user_new, now);
                     if let Some(fp) = subnet_fp {
                         out.subnets_per_device = d.subnets.add(fp, now_s, DISTINCT_WINDOWS_S);
@@ -214,7 +235,7 @@ impl MemoryState {
                 _ => self.identities.update(on_key, now, |e, new| {
                     let t = e.touch(new, now, on == KeyKind::User, member_fp);
                     if (on as usize) < COUNTED {
-                        out.counts[on as usize] = e.count(obs.route, now);
+                        out.counts[on as usize] = e.count(obs, on, &mut out.limits);
                     }
                     match on {
                         KeyKind::User => out.browse = e.counter.bump_if(obs.browse, now),
@@ -316,8 +337,15 @@ impl MemoryState {
             }
         }
 
-        for check in &obs.limits {
-            out.limits.push(self.check_limit(check.key, check.quota, now));
+        for (j, check) in obs.limits.iter().enumerate() {
+            if !colocated(check) {
+                let cells = LimitCells {
+                    map: &self.limits,
+                    key: check.key,
+                    now_ms: now,
+                };
+                out.limits[j] = gcra(cells, check.quota, now);
+            }
         }
         out
     }
@@ -337,26 +365,29 @@ impl MemoryState {
         };
         cluster::step(repoint, &self.clusters, &step, obs.ts_ms)
     }
+}
 
-    fn check_limit(&self, key: u64, quota: governor::Quota, now_ms: u64) -> LimitOutcome {
-        // governor measures time from the clock's reading at construction; reading 0 then
-        // and the event time now keeps every cell on one event-time axis across limiters.
-        let limiter: RateLimiter<u64, _, _, NoOpMiddleware<Nanos>> = RateLimiter::new(
-            quota,
-            LimitCells {
-                map: &self.limits,
-                now_ms,
-            },
-            EventClock(Cell::new(Nanos::from(0))),
-        );
-        let now = Nanos::from(now_ms.saturating_mul(1_000_000));
-        limiter.clock().0.set(now);
-        match limiter.check_key(&key) {
-            Ok(()) => LimitOutcome::Allowed,
-            Err(not_until) => LimitOutcome::Exceeded {
-                retry_after_ms: not_until.wait_time_from(now).as_millis().max(1) as u64,
-            },
-        }
+/// Whether a limit's cell lives in its identity's entry: the route's first limit on a
+/// kind whose entry counts per route. The others (campaign, route, a second limit on
+/// one kind) live in the limits table.
+fn colocated(check: &LimitCheck) -> bool {
+    check.first_of_kind && (check.kind as usize) < COUNTED && !matches!(check.kind, KeyKind::Campaign | KeyKind::Route)
+}
+
+/// Tests one GCRA limit at event time `now_ms` on the cell `store` holds, consuming
+/// it when the request conforms.
+fn gcra<S: GovernorStore<Key = u64>>(store: S, quota: governor::Quota, now_ms: u64) -> LimitOutcome {
+    // governor measures time from the clock's reading at construction; reading 0 then
+    // and the event time now keeps every cell on one event-time axis across limiters.
+    let limiter: RateLimiter<u64, _, _, NoOpMiddleware<Nanos>> =
+        RateLimiter::new(quota, store, EventClock(Cell::new(Nanos::from(0))));
+    let now = Nanos::from(now_ms.saturating_mul(1_000_000));
+    limiter.clock().0.set(now);
+    match limiter.check_key(&0) {
+        Ok(()) => LimitOutcome::Allowed,
+        Err(not_until) => LimitOutcome::Exceeded {
+            retry_after_ms: not_until.wait_time_from(now).as_millis().max(1) as u64,
+        },
     }
 }
 
@@ -378,6 +409,7 @@ impl StateStore for MemoryState {
             table,
             keys: s.keys,
             bytes: s.bytes,
+            entry_bytes: s.entry_bytes,
             evictions: s.evictions,
         })
         .collect()
@@ -456,20 +488,22 @@ impl Clock for EventClock {
     }
 }
 
-/// governor's view of our bounded GCRA cells (theoretical arrival times in ns).
+/// governor's view of one GCRA cell (theoretical arrival time in ns) of the limits
+/// table: the limiter's own key is ignored.
 struct LimitCells<'a> {
     map: &'a BoundedMap<u64>,
+    key: u64,
     now_ms: u64,
 }
 
 impl GovernorStore for LimitCells<'_> {
     type Key = u64;
 
-    fn measure_and_replace<T, F, E>(&self, key: &u64, f: F) -> Result<T, E>
+    fn measure_and_replace<T, F, E>(&self, _: &u64, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        self.map.update(*key, self.now_ms, |tat, new| {
+        self.map.update(self.key, self.now_ms, |tat, new| {
             let prev = if new { None } else { Some(Nanos::from(*tat)) };
             let (out, next) = f(prev)?;
             *tat = next.as_u64();
@@ -478,10 +512,27 @@ impl GovernorStore for LimitCells<'_> {
     }
 }
 
+/// governor's view of a GCRA cell kept in an identity's entry (0: none yet).
+struct EntryCell<'a>(&'a Cell<u64>);
+
+impl GovernorStore for EntryCell<'_> {
+    type Key = u64;
+
+    fn measure_and_replace<T, F, E>(&self, _: &u64, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let prev = self.0.get();
+        let (out, next) = f((prev != 0).then(|| Nanos::from(prev)))?;
+        self.0.set(next.as_u64());
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{KeyHasher, LimitCheck};
+    use crate::state::KeyHasher;
     use smallvec::smallvec;
     use std::num::NonZeroU32;
 
@@ -527,10 +578,33 @@ mod tests {
         let h = KeyHasher::seeded(1);
         let s = MemoryState::new(8 << 20, 90_000_000);
         let quota = governor::Quota::per_minute(NonZeroU32::new(6).unwrap()).allow_burst(NonZeroU32::new(2).unwrap());
+        // The device limit's cell lives in the device's entry, the second account limit's
+        // in the limits table (the first account limit is a looser one): both count alike.
         let check = |ts| {
             let mut o = obs(&h, ts, "u", "d");
-            o.limits.push(LimitCheck { key: 42, quota });
-            s.observe_now(&o).limits[0]
+            let loose = governor::Quota::per_second(NonZeroU32::new(100).unwrap());
+            o.limits.push(LimitCheck {
+                key: 41,
+                quota,
+                kind: KeyKind::Device,
+                first_of_kind: true,
+            });
+            o.limits.push(LimitCheck {
+                key: 42,
+                quota: loose,
+                kind: KeyKind::User,
+                first_of_kind: true,
+            });
+            o.limits.push(LimitCheck {
+                key: 43,
+                quota,
+                kind: KeyKind::User,
+                first_of_kind: false,
+            });
+            let r = s.observe_now(&o);
+            assert_eq!(r.limits[1], LimitOutcome::Allowed);
+            assert_eq!(r.limits[0], r.limits[2], "at {ts}");
+            r.limits[0]
         };
         assert_eq!(check(T0), LimitOutcome::Allowed);
         assert_eq!(check(T0 + 1), LimitOutcome::Allowed);
@@ -538,5 +612,10 @@ mod tests {
         // One cell replenishes every 10 s of event time.
         assert_eq!(check(T0 + 10_001), LimitOutcome::Allowed);
         assert!(matches!(check(T0 + 10_002), LimitOutcome::Exceeded { .. }));
+        assert_eq!(
+            s.limits.stats().keys,
+            1,
+            "only the second account limit is in the table"
+        );
     }
 }

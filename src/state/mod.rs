@@ -146,6 +146,11 @@ pub struct Observation {
 pub struct LimitCheck {
     pub key: u64,
     pub quota: governor::Quota,
+    /// The kind of identity the limit is keyed by.
+    pub kind: KeyKind,
+    /// The route's first limit on that kind: the in-memory state keeps its cell in the
+    /// identity's entry, next to the route's counts (one lookup less per limit).
+    pub first_of_kind: bool,
 }
 
 /// Whether a limit let the request through.
@@ -219,7 +224,10 @@ pub enum StateError {
 pub struct TableStats {
     pub table: &'static str,
     pub keys: u64,
+    /// Allocated (tables are sized for the budget at start).
     pub bytes: u64,
+    /// Taken by the tracked keys' entries: what a tracked identity costs.
+    pub entry_bytes: u64,
     pub evictions: u64,
 }
 
