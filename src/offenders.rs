@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
@@ -59,7 +59,8 @@ pub struct Offender {
 
 #[derive(Debug)]
 struct Slot {
-    key: Box<str>,
+    /// Shared with the index: one allocation per identity, not two.
+    key: Arc<str>,
     count: u64,
     error: u64,
 }
@@ -70,7 +71,7 @@ struct Sketch {
     slots: Vec<Slot>,
     /// Keyed by client input: foldhash with a random seed per process (as the state's
     /// keys are), cheaper than SipHash for short ids.
-    index: HashMap<Box<str>, usize, foldhash::quality::RandomState>,
+    index: HashMap<Arc<str>, usize, foldhash::quality::RandomState>,
     /// Once full: the slots that had the least count (`min`) at the last scan, highest
     /// index first, so the last valid one is the first slot with the least count. Counts
     /// only grow, so a slot that left the minimum never returns to it; the list is
@@ -85,10 +86,11 @@ impl Sketch {
             self.slots[i].count += 1;
             return;
         }
+        let key: Arc<str> = key.into();
         if self.slots.len() < capacity {
-            self.index.insert(key.into(), self.slots.len());
+            self.index.insert(key.clone(), self.slots.len());
             self.slots.push(Slot {
-                key: key.into(),
+                key,
                 count: 1,
                 error: 0,
             });
@@ -103,13 +105,13 @@ impl Sketch {
         let old = std::mem::replace(
             &mut self.slots[i],
             Slot {
-                key: key.into(),
+                key: key.clone(),
                 count: min + 1,
                 error: min,
             },
         );
         self.index.remove(&old.key);
-        self.index.insert(key.into(), i);
+        self.index.insert(key, i);
     }
 
     /// The first slot with the least count, and that count (what a scan with
