@@ -58,23 +58,67 @@ struct Shard<V> {
     young_since_ms: u64,
 }
 
+/// How a map spends its budget: buckets per shard and generation, and the heap a young
+/// generation may hold before it is rotated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    buckets: usize,
+    max_young_heap: usize,
+    /// The heap kept when the map is given more buckets than its budget's (`doubled`).
+    heap_floor: usize,
+    slot: usize,
+}
+
+impl Layout {
+    /// The most the map can take: both generations of every shard, slots and heap.
+    pub fn bytes(&self) -> usize {
+        SHARDS * 2 * (self.buckets * self.slot + self.max_young_heap)
+    }
+
+    /// Only the quarter of heap room its values need (none for values without heap):
+    /// the rest of the share is left for other maps.
+    pub fn trimmed(self) -> Layout {
+        Layout {
+            max_young_heap: self.heap_floor,
+            ..self
+        }
+    }
+
+    /// Twice the buckets, with the trimmed heap room.
+    pub fn doubled(self) -> Layout {
+        Layout {
+            buckets: self.buckets * 2,
+            ..self.trimmed()
+        }
+    }
+}
+
 impl<V: Default + HeapSize> BoundedMap<V> {
     /// A map that keeps its slots and heap under `budget_bytes`, and forgets keys not
     /// touched for between one and two `ttl_ms`.
     pub fn new(budget_bytes: usize, ttl_ms: u64) -> Self {
+        Self::with_layout(Self::layout(budget_bytes), ttl_ms)
+    }
+
+    /// The layout `new` gives a budget. Half the shard's budget per generation, of which
+    /// a quarter is kept for heap when values have any; the slot count is rounded down
+    /// to a power of two so that the table never regrows past it (see `capacity_of`),
+    /// and what the rounding leaves is heap room too.
+    pub fn layout(budget_bytes: usize) -> Layout {
         let slot = Self::slot_bytes();
-        // Half the shard's budget per generation, of which a quarter is kept for heap when
-        // values have any; the slot count is rounded down to a power of two so that the
-        // table never regrows past it (see `capacity_of`).
         let per_generation = budget_bytes / SHARDS / 2;
-        let for_slots = if V::HAS_HEAP {
-            per_generation / 4 * 3
-        } else {
-            per_generation
-        };
-        let buckets = prev_power_of_two((for_slots / slot).max(4));
-        let max_young = capacity_of(buckets);
-        let max_young_heap = per_generation.saturating_sub(buckets * slot);
+        let heap_floor = if V::HAS_HEAP { per_generation / 4 } else { 0 };
+        let buckets = prev_power_of_two(((per_generation - heap_floor) / slot).max(4));
+        Layout {
+            buckets,
+            max_young_heap: per_generation.saturating_sub(buckets * slot).max(heap_floor),
+            heap_floor,
+            slot,
+        }
+    }
+
+    pub fn with_layout(layout: Layout, ttl_ms: u64) -> Self {
+        let max_young = capacity_of(layout.buckets);
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
@@ -93,7 +137,7 @@ impl<V: Default + HeapSize> BoundedMap<V> {
         BoundedMap {
             shards,
             max_young,
-            max_young_heap,
+            max_young_heap: layout.max_young_heap,
             ttl_ms,
             evictions: AtomicU64::new(0),
         }
@@ -179,6 +223,11 @@ impl<V: Default + HeapSize> BoundedMap<V> {
             stats.entry_bytes += keys * slot + heap;
         }
         stats
+    }
+
+    /// The most memory the map takes (its layout's bytes).
+    pub fn max_bytes(&self) -> usize {
+        SHARDS * 2 * (bucket_count(self.max_young) * Self::slot_bytes() + self.max_young_heap)
     }
 
     /// Most keys the map can hold at once.

@@ -10,7 +10,7 @@ use governor::state::StateStore as GovernorStore;
 use governor::RateLimiter;
 use smallvec::SmallVec;
 
-use super::bounded::{BoundedMap, HeapSize};
+use super::bounded::{BoundedMap, HeapSize, Layout};
 use super::cluster::{self, ClusterEntry, ClusterStep};
 use super::window::{DistinctSet, HourDay, Windows, DISTINCT_CAP};
 use super::{
@@ -178,12 +178,41 @@ impl MemoryState {
     /// `ttl_ms` is how long an untouched key is kept at least (it is gone after twice that).
     pub fn new(budget_bytes: u64, ttl_ms: u64) -> Self {
         let part = |share: f64| (budget_bytes as f64 * share) as usize;
+        // In the order spare budget goes to them: the tables a flood of new device ids or
+        // accounts fills first.
+        let shared = [
+            BoundedMap::<DeviceEntry>::layout(part(DEVICES_SHARE)),
+            BoundedMap::<IdentityEntry>::layout(part(IDENTITIES_SHARE)),
+            BoundedMap::<ClusterEntry>::layout(part(CLUSTERS_SHARE)),
+            BoundedMap::<Windows>::layout(part(COUNTERS_SHARE)),
+            BoundedMap::<u64>::layout(part(LIMITS_SHARE)),
+        ];
+        // Power-of-two tables leave part of each share unused, as heap room that most
+        // values never need. Trimmed to their quarter of heap, the tables leave room to
+        // double some of them; those that do not grow get their full share back.
+        let mut layouts = shared.map(Layout::trimmed);
+        let fits = |l: &[Layout; 5]| l.iter().map(Layout::bytes).sum::<usize>() <= budget_bytes as usize;
+        for i in 0..3 {
+            let mut grown = layouts;
+            grown[i] = layouts[i].doubled();
+            if fits(&grown) {
+                layouts = grown;
+            }
+        }
+        for (i, full) in shared.iter().enumerate() {
+            let mut restored = layouts;
+            restored[i] = *full;
+            if layouts[i] == full.trimmed() && fits(&restored) {
+                layouts = restored;
+            }
+        }
+        let [devices, identities, clusters, counters, limits] = layouts;
         MemoryState {
-            counters: BoundedMap::new(part(COUNTERS_SHARE), ttl_ms),
-            identities: BoundedMap::new(part(IDENTITIES_SHARE), ttl_ms),
-            devices: BoundedMap::new(part(DEVICES_SHARE), ttl_ms),
-            limits: Arc::new(BoundedMap::new(part(LIMITS_SHARE), ttl_ms)),
-            clusters: BoundedMap::new(part(CLUSTERS_SHARE), ttl_ms),
+            counters: BoundedMap::with_layout(counters, ttl_ms),
+            identities: BoundedMap::with_layout(identities, ttl_ms),
+            devices: BoundedMap::with_layout(devices, ttl_ms),
+            limits: Arc::new(BoundedMap::with_layout(limits, ttl_ms)),
+            clusters: BoundedMap::with_layout(clusters, ttl_ms),
             budget_bytes,
         }
     }
@@ -571,6 +600,27 @@ mod tests {
         assert_eq!(r.counts[KeyKind::Device as usize][1], 5);
         assert_eq!(r.counts[KeyKind::User as usize][1], 3);
         assert_eq!(r.counts[KeyKind::Ip as usize], [0; 4]);
+    }
+
+    #[test]
+    fn the_budget_left_by_power_of_two_tables_goes_to_devices_first() {
+        for budget in [1u64 << 20, 16 << 20, 256 << 20, 1 << 30, 2 << 30] {
+            let s = MemoryState::new(budget, 90_000_000);
+            let tables = [
+                s.counters.max_bytes(),
+                s.identities.max_bytes(),
+                s.devices.max_bytes(),
+                s.limits.max_bytes(),
+                s.clusters.max_bytes(),
+            ];
+            assert!(tables.iter().sum::<usize>() as u64 <= budget, "{budget}: {tables:?}");
+            let plain = BoundedMap::<DeviceEntry>::new((budget as f64 * DEVICES_SHARE) as usize, 1);
+            assert!(s.devices.capacity() >= plain.capacity(), "{budget}");
+        }
+        // The default budget: the devices table holds twice its plain share's devices.
+        let s = MemoryState::new(256 << 20, 90_000_000);
+        let plain = BoundedMap::<DeviceEntry>::new(((256 << 20) as f64 * DEVICES_SHARE) as usize, 1);
+        assert_eq!(s.devices.capacity(), 2 * plain.capacity());
     }
 
     #[test]

@@ -83,6 +83,15 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    for t in state.stats() {
+        eprintln!(
+            "  {:<10} {:>9} keys {:>7.1} MiB {:>10} evictions",
+            t.table,
+            t.keys,
+            t.bytes as f64 / 1048576.0,
+            t.evictions
+        );
+    }
     eprintln!(
         "done in {secs:.1} s ({:.0} events/s); peak RSS {} MiB (VmHWM), budget {budget_mb} MiB; state within budget: {}",
         a.events as f64 / secs,
