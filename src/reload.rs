@@ -41,7 +41,9 @@ pub async fn watch<S: StateStore>(gw: Arc<Gateway<S>>, hup: Hangup, mut shutdown
     // change made while it was loading is not missed.
     let (mut watched, mut seen): (Vec<PathBuf>, Vec<Fingerprint>) = gw.runtime.load().watched.iter().cloned().unzip();
     let poll = Duration::from_millis(gw.runtime.load().server.reload_poll_ms);
-    let mut ticker = tokio::time::interval(poll);
+    // The first look one poll from now: an immediate one could race a SIGHUP sent for
+    // the same edit and reload it twice.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     #[cfg(unix)]
     let mut hup = hup;
