@@ -141,6 +141,8 @@ pub struct Limit {
     /// `limit:NAME` (`shadow:limit:NAME`), made once: requests share it.
     pub reason: Reason,
     pub key_kind: KeyKind,
+    /// The route's first limit on `key_kind` (see `state::LimitCheck::first_of_kind`).
+    pub first_of_kind: bool,
     /// Mixed with the identity's key: one GCRA cell per (route, limit, identity).
     pub id: u64,
     pub quota: governor::Quota,
@@ -660,6 +662,7 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
                 continue;
             };
             limits.push(Limit {
+                first_of_kind: limits.iter().all(|l: &Limit| l.key_kind != key_kind),
                 id: hasher.key(KeyKind::Route, &format!("{name}/{lname}")),
                 reason: if lc.shadow {
                     format!("shadow:limit:{lname}")

@@ -211,13 +211,12 @@ pub fn plan(hasher: &KeyHasher, route: &Route, signals: &SignalsConfig, ids: &Id
     let limits = route
         .limits
         .iter()
-        .enumerate()
-        .filter_map(|(i, l)| {
+        .filter_map(|l| {
             keys[l.key_kind as usize].map(|k| LimitCheck {
                 key: combine(l.id, k),
                 quota: l.quota,
                 kind: l.key_kind,
-                first_of_kind: route.limits[..i].iter().all(|p| p.key_kind != l.key_kind),
+                first_of_kind: l.first_of_kind,
             })
         })
         .collect();

@@ -226,6 +226,7 @@ impl<V: Default + HeapSize> BoundedMap<V> {
     }
 
     /// The most memory the map takes (its layout's bytes).
+    #[cfg(test)]
     pub fn max_bytes(&self) -> usize {
         SHARDS * 2 * (bucket_count(self.max_young) * Self::slot_bytes() + self.max_young_heap)
     }

@@ -400,7 +400,11 @@ impl MemoryState {
 /// kind whose entry counts per route. The others (campaign, route, a second limit on
 /// one kind) live in the limits table.
 fn colocated(check: &LimitCheck) -> bool {
-    check.first_of_kind && (check.kind as usize) < COUNTED && !matches!(check.kind, KeyKind::Campaign | KeyKind::Route)
+    check.first_of_kind
+        && matches!(
+            check.kind,
+            KeyKind::User | KeyKind::Device | KeyKind::Ip | KeyKind::Subnet | KeyKind::Phone | KeyKind::Inviter
+        )
 }
 
 /// Tests one GCRA limit at event time `now_ms` on the cell `store` holds, consuming
@@ -532,11 +536,9 @@ impl GovernorStore for LimitCells<'_> {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        self.map.update(self.key, self.now_ms, |tat, new| {
-            let prev = if new { None } else { Some(Nanos::from(*tat)) };
-            let (out, next) = f(prev)?;
-            *tat = next.as_u64();
-            Ok(out)
+        // A new cell is 0, which `EntryCell` reads as none yet.
+        self.map.update(self.key, self.now_ms, |tat, _| {
+            EntryCell(Cell::from_mut(tat)).measure_and_replace(&0, f)
         })
     }
 }
