@@ -8,12 +8,13 @@
 //! rotating millions of new ids only ever pushes out keys as cold as a generation.
 //!
 //! Keys are already keyed hashes of the identities (see `state::KeyHasher`), so the
-//! maps hash them with the identity function.
+//! tables ([`Table`]) place them by their low bits, unhashed, and a request can
+//! [`prefetch`](BoundedMap::prefetch) its keys' slots before it takes any lock.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+
+use super::table::{capacity_of, Hint, Table};
 
 const SHARDS: usize = 64;
 
@@ -41,7 +42,7 @@ pub struct MapStats {
 }
 
 pub struct BoundedMap<V> {
-    shards: Box<[Mutex<Shard<V>>]>,
+    shards: Box<[Locked<V>]>,
     /// Entries a young generation may hold before it is rotated.
     max_young: usize,
     /// Heap bytes a young generation may hold before it is rotated.
@@ -50,9 +51,17 @@ pub struct BoundedMap<V> {
     evictions: AtomicU64,
 }
 
+struct Locked<V> {
+    shard: Mutex<Shard<V>>,
+    /// Where the shard's young table is, read without the lock to prefetch: written
+    /// under the lock whenever the table is replaced. A torn or stale read only points a
+    /// prefetch at the wrong line.
+    hint: [AtomicUsize; 3],
+}
+
 struct Shard<V> {
-    young: HashMap<u64, V, BuildHasherDefault<IdentityHasher>>,
-    old: HashMap<u64, V, BuildHasherDefault<IdentityHasher>>,
+    young: Table<V>,
+    old: Table<V>,
     young_heap: usize,
     old_heap: usize,
     young_since_ms: u64,
@@ -121,17 +130,21 @@ impl<V: Default + HeapSize> BoundedMap<V> {
         let max_young = capacity_of(layout.buckets);
         let shards = (0..SHARDS)
             .map(|_| {
-                Mutex::new(Shard {
-                    // Sized for the budget up front: a table that grows rehashes every key
-                    // on the request path, about 0.5 us a request while state builds up
-                    // (BENCHMARKS.md). So memory is taken at start, as nginx takes its
-                    // zones: with transparent huge pages it is resident at once.
-                    young: HashMap::with_capacity_and_hasher(max_young, Default::default()),
-                    old: HashMap::default(),
-                    young_heap: 0,
-                    old_heap: 0,
-                    young_since_ms: 0,
-                })
+                // Sized for the budget up front: a table that grew would rehash every key
+                // on the request path, about 0.5 us a request while state builds up
+                // (BENCHMARKS.md). So memory is reserved at start, as nginx reserves its
+                // zones, and made resident as keys arrive.
+                let young = Table::with_slots(layout.buckets);
+                Locked {
+                    hint: young.hint().to_parts().map(AtomicUsize::new),
+                    shard: Mutex::new(Shard {
+                        young,
+                        old: Table::default(),
+                        young_heap: 0,
+                        old_heap: 0,
+                        young_since_ms: 0,
+                    }),
+                }
             })
             .collect();
         BoundedMap {
@@ -143,14 +156,28 @@ impl<V: Default + HeapSize> BoundedMap<V> {
         }
     }
 
-    /// Bytes one slot of the table costs: key, value and control byte.
+    /// Bytes one slot of the table costs: key and value.
     pub fn slot_bytes() -> usize {
-        std::mem::size_of::<(u64, V)>() + 1
+        std::mem::size_of::<u64>() + std::mem::size_of::<V>()
+    }
+
+    fn shard_of(key: u64) -> usize {
+        (key >> 58) as usize % SHARDS
+    }
+
+    /// Starts loading the memory a lookup of `key` reads first, so that the cache
+    /// misses of a request's several keys overlap instead of following one another.
+    /// Takes no lock and changes nothing.
+    #[inline]
+    pub fn prefetch(&self, key: u64) {
+        let parts = &self.shards[Self::shard_of(key)].hint;
+        Hint::from_parts(parts.each_ref().map(|p| p.load(Ordering::Relaxed))).prefetch::<V>(key);
     }
 
     /// Runs `f` on the key's value (a default one when the key is new, with `true`).
     pub fn update<R>(&self, key: u64, now_ms: u64, f: impl FnOnce(&mut V, bool) -> R) -> R {
-        let shard = &self.shards[(key >> 58) as usize % SHARDS];
+        let index = Self::shard_of(key);
+        let shard = &self.shards[index].shard;
         // A poisoned shard only means another request panicked mid-update; the data is
         // plain counters, so keep serving rather than propagate the panic.
         let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
@@ -160,48 +187,58 @@ impl<V: Default + HeapSize> BoundedMap<V> {
         }
         let expired = now_ms.saturating_sub(shard.young_since_ms) > self.ttl_ms;
         let full = shard.young.len() >= self.max_young || shard.young_heap > self.max_young_heap;
-        if (expired || full) && !shard.young.contains_key(&key) {
-            self.rotate(shard, now_ms);
+        if (expired || full) && !shard.young.contains_key(key) {
+            self.rotate(index, shard, now_ms);
         }
         let mut is_new = false;
-        let value = match shard.young.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let v = match shard.old.remove(&key) {
-                    Some(v) => {
-                        let h = v.heap_bytes();
-                        shard.old_heap -= h;
-                        shard.young_heap += h;
-                        v
-                    }
-                    None => {
-                        is_new = true;
-                        V::default()
-                    }
-                };
-                e.insert(v)
+        let Shard {
+            young,
+            old,
+            young_heap,
+            old_heap,
+            ..
+        } = shard;
+        let found = young.get_or_insert_with(key, || match old.remove(key) {
+            Some(v) => {
+                let h = v.heap_bytes();
+                *old_heap -= h;
+                *young_heap += h;
+                v
             }
+            None => {
+                is_new = true;
+                V::default()
+            }
+        });
+        // The young table is never full here (it was rotated above); were it, the update
+        // would go to a value of its own and be lost, rather than fail the request.
+        let mut spare = None;
+        let value = match found {
+            Some(value) => value,
+            None => spare.insert(V::default()),
         };
         let before = value.heap_bytes();
         let out = f(value, is_new);
-        shard.young_heap = shard.young_heap + value.heap_bytes() - before;
+        *young_heap = *young_heap + value.heap_bytes() - before;
         out
     }
 
     /// Reads a key without creating or promoting it.
     pub fn peek<R>(&self, key: u64, f: impl FnOnce(&V) -> R) -> Option<R> {
-        let shard = self.shards[(key >> 58) as usize % SHARDS]
+        let shard = self.shards[Self::shard_of(key)]
+            .shard
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        shard.young.get(&key).or_else(|| shard.old.get(&key)).map(f)
+        shard.young.get(key).or_else(|| shard.old.get(key)).map(f)
     }
 
-    fn rotate(&self, shard: &mut Shard<V>, now_ms: u64) {
+    fn rotate(&self, index: usize, shard: &mut Shard<V>, now_ms: u64) {
         self.evictions.fetch_add(shard.old.len() as u64, Ordering::Relaxed);
-        shard.old = std::mem::replace(
-            &mut shard.young,
-            HashMap::with_capacity_and_hasher(self.max_young, Default::default()),
-        );
+        let young = Table::with_slots(shard.young.slots());
+        for (hint, part) in self.shards[index].hint.iter().zip(young.hint().to_parts()) {
+            hint.store(part, Ordering::Relaxed);
+        }
+        shard.old = std::mem::replace(&mut shard.young, young);
         shard.old_heap = std::mem::take(&mut shard.young_heap);
         shard.young_since_ms = now_ms;
     }
@@ -214,11 +251,11 @@ impl<V: Default + HeapSize> BoundedMap<V> {
             ..MapStats::default()
         };
         for shard in self.shards.iter() {
-            let s = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let s = shard.shard.lock().unwrap_or_else(|e| e.into_inner());
             let keys = (s.young.len() + s.old.len()) as u64;
             let heap = (s.young_heap + s.old_heap) as u64;
             stats.keys += keys;
-            let slots = bucket_count(s.young.capacity()) + bucket_count(s.old.capacity());
+            let slots = s.young.slots() + s.old.slots();
             stats.bytes += slots as u64 * slot + heap;
             stats.entry_bytes += keys * slot + heap;
         }
@@ -228,7 +265,13 @@ impl<V: Default + HeapSize> BoundedMap<V> {
     /// The most memory the map takes (its layout's bytes).
     #[cfg(test)]
     pub fn max_bytes(&self) -> usize {
-        SHARDS * 2 * (bucket_count(self.max_young) * Self::slot_bytes() + self.max_young_heap)
+        let slots = self.shards[0]
+            .shard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .young
+            .slots();
+        SHARDS * 2 * (slots * Self::slot_bytes() + self.max_young_heap)
     }
 
     /// Most keys the map can hold at once.
@@ -242,51 +285,6 @@ fn prev_power_of_two(n: usize) -> usize {
         n
     } else {
         n.next_power_of_two() / 2
-    }
-}
-
-/// The capacity of a hash table of `buckets` buckets (hashbrown's: 7/8 of them, one
-/// bucket less in tables under 8).
-fn capacity_of(buckets: usize) -> usize {
-    if buckets < 8 {
-        buckets - 1
-    } else {
-        buckets / 8 * 7
-    }
-}
-
-/// Buckets behind a hash table of the given capacity (the inverse of `capacity_of`).
-fn bucket_count(capacity: usize) -> usize {
-    if capacity == 0 {
-        0
-    } else if capacity < 7 {
-        capacity + 1
-    } else {
-        (capacity * 8 / 7).next_power_of_two()
-    }
-}
-
-/// Keys are keyed hashes already; hashing them again would only cost time. But the
-/// shard is chosen by the key's top six bits, and the table's per-slot tag (hashbrown's
-/// control byte) is the hash's top seven bits: fed unchanged, every key of a shard would
-/// carry one of two tags, and a probe would compare about half of each group's keys
-/// (one cache line each) instead of about one. Folding lower bits into the top restores
-/// the tag's spread for the price of a shift and an xor; the bucket index (low bits) is
-/// left as it was.
-#[derive(Default)]
-pub struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n ^ (n << 7);
     }
 }
 
@@ -342,26 +340,19 @@ mod tests {
     }
 
     #[test]
-    fn presized_tables_take_the_buckets_the_accounting_assumes() {
-        for buckets in (2..20).map(|p| 1usize << p) {
-            let cap = capacity_of(buckets);
-            let table: HashMap<u64, [u8; 136]> = HashMap::with_capacity(cap);
-            assert_eq!(table.capacity(), cap, "{buckets} buckets");
-            assert_eq!(bucket_count(cap), buckets);
+    fn prefetching_changes_nothing() {
+        // A value of several cache lines, each of them prefetched.
+        #[derive(Default)]
+        struct Wide([u64; 20]);
+        impl HeapSize for Wide {}
+        let map: BoundedMap<Wide> = BoundedMap::new(1 << 20, 60_000);
+        map.prefetch(key(3));
+        map.update(key(3), 1, |v, _| v.0[19] = 4);
+        for i in 0..100_000 {
+            map.prefetch(key(i));
         }
-    }
-
-    #[test]
-    fn keys_of_one_shard_spread_over_the_table_tags() {
-        use std::hash::BuildHasher;
-        let hasher = BuildHasherDefault::<IdentityHasher>::default();
-        let mut tags = std::collections::HashSet::new();
-        // Keys of one shard: the same top six bits.
-        for i in 0..10_000u64 {
-            let k = (key(i) & !(0x3F << 58)) | (5 << 58);
-            tags.insert(hasher.hash_one(k) >> 57);
-        }
-        assert_eq!(tags.len(), 128);
+        assert_eq!(map.peek(key(3), |v| v.0[19]), Some(4));
+        assert_eq!(map.stats().keys, 1);
     }
 
     #[test]

@@ -154,6 +154,9 @@ pub fn step(
     if s.nodes.is_empty() {
         return [0; 3];
     }
+    for (_, pointer) in &s.nodes {
+        clusters.prefetch(*pointer);
+    }
     let mut roots: smallvec::SmallVec<[(u64, ClusterEntry); 4]> = smallvec::SmallVec::new();
     let mut account_joins = s.has_account;
     // Nodes of one cluster mostly point at the same id: `find` only reads, so a

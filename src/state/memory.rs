@@ -226,6 +226,16 @@ impl MemoryState {
         let now = obs.ts_ms;
         let now_s = (now / 1_000) as u32;
         let key = |kind: KeyKind| obs.keys[kind as usize];
+        // Start every entry's cache misses at once; each lookup below would otherwise
+        // wait for its own in turn (see `state::table`).
+        for (on, _) in DISTINCT {
+            if let Some(k) = key(on) {
+                match on {
+                    KeyKind::Device => self.devices.prefetch(k),
+                    _ => self.identities.prefetch(k),
+                }
+            }
+        }
         // Counted kinds with an identity entry are counted there; the campaign and the
         // route (one hot key each) here.
         for kind in [KeyKind::Campaign, KeyKind::Route] {

@@ -12,6 +12,9 @@ pub mod bounded;
 pub mod cluster;
 pub mod memory;
 pub mod redis;
+// The one module with unsafe code: uninitialised value slots and the prefetch intrinsic.
+#[allow(unsafe_code)]
+pub mod table;
 pub mod window;
 
 use std::future::Future;
