@@ -161,9 +161,9 @@ impl<V> Table<V> {
         Some(value)
     }
 
-    /// The addresses to prefetch for `key`: its home slot's key and the start of its
-    /// value (where it is found unless it was displaced). Plain numbers, never
-    /// dereferenced, so a stale table's addresses are harmless (see `Hint`).
+    /// Where the arrays are, to prefetch a key's home slot and its value (where the key
+    /// is found unless it was displaced). Plain numbers, never dereferenced, so a stale
+    /// table's addresses are harmless.
     pub fn hint(&self) -> Hint {
         Hint {
             keys: self.keys.as_ptr() as usize,
@@ -205,7 +205,7 @@ impl Hint {
     }
 
     /// Starts loading the cache lines `key`'s lookup will read first: its home slot's
-    /// key and the first `value_bytes` (at most three lines) of the value beside it.
+    /// key and the lines of the value there (at most five).
     #[inline]
     pub fn prefetch<V>(self, key: u64) {
         if self.mask == usize::MAX {
@@ -215,8 +215,15 @@ impl Hint {
         prefetch_line(self.keys.wrapping_add(i * 8));
         let size = std::mem::size_of::<V>();
         let value = self.values.wrapping_add(i * size);
-        for line in 0..size.div_ceil(64).min(3) {
-            prefetch_line(value.wrapping_add(line * 64));
+        // Every line the value spans (an entry is not line-aligned), up to five.
+        let (first, last) = (value & !63, value.wrapping_add(size.max(1) - 1) & !63);
+        let mut line = first;
+        for _ in 0..5 {
+            prefetch_line(line);
+            if line >= last {
+                break;
+            }
+            line += 64;
         }
     }
 }
