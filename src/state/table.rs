@@ -118,8 +118,11 @@ impl<V> Table<V> {
         let i = match self.find(key) {
             Ok(i) => i,
             Err(Some(i)) if self.len < capacity_of(self.keys.len()) => {
+                // The value first: were `make` to panic, no key may mark the slot as
+                // holding one (a poisoned shard is still used).
+                let value = make();
+                self.values[i].write(value);
                 self.keys[i] = stored(key);
-                self.values[i].write(make());
                 self.len += 1;
                 i
             }
@@ -314,6 +317,18 @@ mod tests {
         assert!(t.get_or_insert_with(5, || 1).is_none());
         assert_eq!(t.remove(5), None);
         t.hint().prefetch::<u64>(5);
+    }
+
+    #[test]
+    fn a_value_that_panics_while_made_leaves_no_key_behind() {
+        let mut t: Table<String> = Table::with_slots(8);
+        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            t.get_or_insert_with(5, || panic!("no value"));
+        }));
+        assert!(made.is_err());
+        assert_eq!((t.len(), t.get(5)), (0, None));
+        t.get_or_insert_with(5, || "five".into());
+        assert_eq!(t.get(5).map(String::as_str), Some("five"));
     }
 
     #[test]
