@@ -6,7 +6,7 @@
 //! slots of its identities before it reads them. Each lookup then waits for its own cache
 //! misses (control bytes, then the entry), one lookup after another, since the shard lock
 //! between them orders memory. Here a key's home slot is `key & mask`, known before any
-//! lock is taken, so [`Table::prefetch`] can start those misses for all of a request's
+//! lock is taken, so [`Hint::prefetch`] can start those misses for all of a request's
 //! keys at once. Keys are keyed hashes already (uniform in every bit), so the home slot
 //! needs no further hashing.
 //!
@@ -190,7 +190,7 @@ impl<V> Drop for Table<V> {
 }
 
 /// Where a table's arrays are, for prefetching without its lock.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Hint {
     keys: usize,
     values: usize,
@@ -226,7 +226,7 @@ impl Hint {
             if line >= last {
                 break;
             }
-            line += 64;
+            line = line.wrapping_add(64);
         }
     }
 }
