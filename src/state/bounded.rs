@@ -11,7 +11,7 @@
 //! tables ([`Table`]) place them by their low bits, unhashed, and a request can
 //! [`prefetch`](BoundedMap::prefetch) its keys' slots before it takes any lock.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::table::{capacity_of, Hint, Table};
@@ -53,10 +53,8 @@ pub struct BoundedMap<V> {
 
 struct Locked<V> {
     shard: Mutex<Shard<V>>,
-    /// Where the shard's young table is, read without the lock to prefetch: written
-    /// under the lock whenever the table is replaced. A torn or stale read only points a
-    /// prefetch at the wrong line.
-    hint: [AtomicUsize; 3],
+    /// Where the shard's young table is, to prefetch without the lock.
+    hint: Hint,
 }
 
 struct Shard<V> {
@@ -136,7 +134,7 @@ impl<V: Default + HeapSize> BoundedMap<V> {
                 // zones, and made resident as keys arrive.
                 let young = Table::with_slots(layout.buckets);
                 Locked {
-                    hint: young.hint().to_parts().map(AtomicUsize::new),
+                    hint: Hint::of(&young),
                     shard: Mutex::new(Shard {
                         young,
                         old: Table::default(),
@@ -170,8 +168,7 @@ impl<V: Default + HeapSize> BoundedMap<V> {
     /// Takes no lock and changes nothing.
     #[inline]
     pub fn prefetch(&self, key: u64) {
-        let parts = &self.shards[Self::shard_of(key)].hint;
-        Hint::from_parts(parts.each_ref().map(|p| p.load(Ordering::Relaxed))).prefetch::<V>(key);
+        self.shards[Self::shard_of(key)].hint.prefetch::<V>(key);
     }
 
     /// Runs `f` on the key's value (a default one when the key is new, with `true`).
@@ -235,9 +232,7 @@ impl<V: Default + HeapSize> BoundedMap<V> {
     fn rotate(&self, index: usize, shard: &mut Shard<V>, now_ms: u64) {
         self.evictions.fetch_add(shard.old.len() as u64, Ordering::Relaxed);
         let young = Table::with_slots(shard.young.slots());
-        for (hint, part) in self.shards[index].hint.iter().zip(young.hint().to_parts()) {
-            hint.store(part, Ordering::Relaxed);
-        }
+        self.shards[index].hint.set(&young);
         shard.old = std::mem::replace(&mut shard.young, young);
         shard.old_heap = std::mem::take(&mut shard.young_heap);
         shard.young_since_ms = now_ms;

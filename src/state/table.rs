@@ -15,6 +15,7 @@
 //! entries back (no tombstones), so probe runs stay as short as the load allows.
 
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Marks an empty slot. A key equal to it is stored as [`EMPTY_STANDIN`]: two keys in
 /// 2^64 share a slot, far below the keyed hash's own collision rate over the key space.
@@ -163,17 +164,6 @@ impl<V> Table<V> {
         self.keys[hole] = EMPTY;
         Some(value)
     }
-
-    /// Where the arrays are, to prefetch a key's home slot and its value (where the key
-    /// is found unless it was displaced). Plain numbers, never dereferenced, so a stale
-    /// table's addresses are harmless.
-    pub fn hint(&self) -> Hint {
-        Hint {
-            keys: self.keys.as_ptr() as usize,
-            values: self.values.as_ptr() as usize,
-            mask: self.keys.len().wrapping_sub(1),
-        }
-    }
 }
 
 impl<V> Drop for Table<V> {
@@ -189,35 +179,47 @@ impl<V> Drop for Table<V> {
     }
 }
 
-/// Where a table's arrays are, for prefetching without its lock.
-#[derive(Debug, Clone, Copy)]
+/// Where a table's arrays are, read and written without the table's lock, for
+/// prefetching. The owner sets it under the lock whenever it replaces the table; a torn
+/// or stale read only points a prefetch at the wrong line, as the addresses are never
+/// dereferenced.
 pub struct Hint {
-    keys: usize,
-    values: usize,
+    keys: AtomicUsize,
+    values: AtomicUsize,
     /// Slots minus one; `usize::MAX` (no slots) disables the hint.
-    mask: usize,
+    mask: AtomicUsize,
 }
 
 impl Hint {
-    pub fn to_parts(self) -> [usize; 3] {
-        [self.keys, self.values, self.mask]
+    pub fn of<V>(table: &Table<V>) -> Hint {
+        let hint = Hint {
+            keys: AtomicUsize::new(0),
+            values: AtomicUsize::new(0),
+            mask: AtomicUsize::new(usize::MAX),
+        };
+        hint.set(table);
+        hint
     }
 
-    pub fn from_parts([keys, values, mask]: [usize; 3]) -> Hint {
-        Hint { keys, values, mask }
+    pub fn set<V>(&self, table: &Table<V>) {
+        self.keys.store(table.keys.as_ptr() as usize, Ordering::Relaxed);
+        self.values.store(table.values.as_ptr() as usize, Ordering::Relaxed);
+        self.mask.store(table.keys.len().wrapping_sub(1), Ordering::Relaxed);
     }
 
     /// Starts loading the cache lines `key`'s lookup will read first: its home slot's
-    /// key and the lines of the value there (at most five).
+    /// key and the lines of the value there (where the key is unless it was displaced),
+    /// at most five.
     #[inline]
-    pub fn prefetch<V>(self, key: u64) {
-        if self.mask == usize::MAX {
+    pub fn prefetch<V>(&self, key: u64) {
+        let mask = self.mask.load(Ordering::Relaxed);
+        if mask == usize::MAX {
             return;
         }
-        let i = stored(key) as usize & self.mask;
-        prefetch_line(self.keys.wrapping_add(i * 8));
+        let i = stored(key) as usize & mask;
+        prefetch_line(self.keys.load(Ordering::Relaxed).wrapping_add(i * 8));
         let size = std::mem::size_of::<V>();
-        let value = self.values.wrapping_add(i * size);
+        let value = self.values.load(Ordering::Relaxed).wrapping_add(i * size);
         // Every line the value spans (an entry is not line-aligned), up to five.
         let (first, last) = (value & !63, value.wrapping_add(size.max(1) - 1) & !63);
         let mut line = first;
@@ -316,7 +318,7 @@ mod tests {
         assert_eq!(t.get(5), None);
         assert!(t.get_or_insert_with(5, || 1).is_none());
         assert_eq!(t.remove(5), None);
-        t.hint().prefetch::<u64>(5);
+        Hint::of(&t).prefetch::<u64>(5);
     }
 
     #[test]
