@@ -17,7 +17,7 @@ pub enum Source {
     /// Parsed once, at config load: a request looks it up without re-validating the name.
     Header(http::HeaderName),
     Query(String),
-    Json(String),
+    Json(JsonPointer),
     Cookie(String),
     Ip,
 }
@@ -41,7 +41,7 @@ impl FromStr for Source {
                 .map_err(|_| format!("`{arg}` in `{s}` is not a valid HTTP header name")),
             "query" => Ok(Source::Query(arg.to_string())),
             "cookie" => Ok(Source::Cookie(arg.to_string())),
-            "json" if arg.starts_with('/') => Ok(Source::Json(arg.to_string())),
+            "json" if arg.starts_with('/') => Ok(Source::Json(arg.into())),
             "json" => Err(format!(
                 "JSON pointer in `{s}` must start with `/`, e.g. `json:/inviter_id`"
             )),
@@ -61,6 +61,37 @@ impl fmt::Display for Source {
             Source::Cookie(n) => write!(f, "cookie:{n}"),
             Source::Ip => f.write_str("ip"),
         }
+    }
+}
+
+/// An RFC 6901 JSON pointer (`/a/b`), split into its unescaped reference tokens once,
+/// at config load, so that a request walks the body without scanning the pointer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonPointer {
+    text: String,
+    tokens: Vec<String>,
+}
+
+impl From<&str> for JsonPointer {
+    /// `pointer` starts with `/` (the parser checks); "" would be the whole document.
+    fn from(pointer: &str) -> Self {
+        let tokens = match pointer.strip_prefix('/') {
+            Some(rest) => rest
+                .split('/')
+                .map(|t| t.replace("~1", "/").replace("~0", "~"))
+                .collect(),
+            None => Vec::new(),
+        };
+        JsonPointer {
+            text: pointer.to_string(),
+            tokens,
+        }
+    }
+}
+
+impl fmt::Display for JsonPointer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
     }
 }
 
@@ -299,16 +330,13 @@ fn read_source(source: &Source, event: &Event, ip: IpAddr) -> Option<String> {
     Some(value[..end].to_string())
 }
 
-/// `Value::pointer` (RFC 6901) without allocating a string per reference token when the
-/// pointer has no escapes (`~0`, `~1`), which is every pointer in practice.
-fn json_pointer<'v>(value: &'v serde_json::Value, pointer: &str) -> Option<&'v serde_json::Value> {
-    if pointer.contains('~') || !pointer.starts_with('/') {
-        return value.pointer(pointer);
-    }
+/// `Value::pointer` (RFC 6901) over the pointer's pre-split tokens: no allocation and
+/// no scan of the pointer per request.
+fn json_pointer<'v>(value: &'v serde_json::Value, pointer: &JsonPointer) -> Option<&'v serde_json::Value> {
     let mut target = value;
-    for token in pointer[1..].split('/') {
+    for token in &pointer.tokens {
         target = match target {
-            serde_json::Value::Object(map) => map.get(token)?,
+            serde_json::Value::Object(map) => map.get(token.as_str())?,
             serde_json::Value::Array(list) => {
                 // As serde_json: a decimal index without a leading zero (or `0` itself).
                 if token.is_empty() || (token.len() > 1 && token.starts_with('0')) || token.starts_with('+') {
@@ -326,6 +354,34 @@ fn json_pointer<'v>(value: &'v serde_json::Value, pointer: &str) -> Option<&'v s
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn json_pointers_resolve_as_serde_json_does() {
+        let doc: serde_json::Value = serde_json::json!({
+            "a": {"b": [10, {"c": "x"}], "": 1, "m~n": 2, "s/t": 3, "07": 4},
+            "list": [1, 2, 3],
+        });
+        for p in [
+            "/a",
+            "/a/b",
+            "/a/b/0",
+            "/a/b/1/c",
+            "/a/b/2",
+            "/a/",
+            "/a/m~0n",
+            "/a/s~1t",
+            "/a/07",
+            "/list/00",
+            "/list/+1",
+            "/list/-",
+            "/list/2",
+            "/list/3",
+            "/missing",
+            "/a/b/1/c/d",
+        ] {
+            assert_eq!(json_pointer(&doc, &JsonPointer::from(p)), doc.pointer(p), "{p}");
+        }
+    }
 
     fn event(headers: &[(&str, &str)], query: &str, body: Option<serde_json::Value>) -> Event {
         Event {

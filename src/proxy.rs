@@ -427,7 +427,12 @@ fn event_of(
 ) -> Event {
     let mut headers = std::collections::BTreeMap::new();
     for (name, value) in parts.headers.iter().filter(|(name, _)| keep(name.as_str())) {
-        let value = String::from_utf8_lossy(value.as_bytes());
+        // `from_utf8` first: its ASCII fast path is several times quicker than the
+        // byte-at-a-time scan of `from_utf8_lossy`, and header values are ASCII.
+        let value = match std::str::from_utf8(value.as_bytes()) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(value.as_bytes()),
+        };
         // Repeated headers join as one list (RFC 9110 §5.3); cookies join with `; `.
         let separator = if name == header::COOKIE { "; " } else { ", " };
         headers

@@ -172,17 +172,26 @@ fn stale(version: &str, signals: &SignalsConfig) -> bool {
     }
 }
 
-/// "3.12.1" → [3, 12, 1, 0] (up to four numeric parts).
+/// "3.12.1" → [3, 12, 1, 0] (up to four numeric parts). One pass over the bytes: it runs
+/// on every request that carries a version, for it and for the configured minimum.
 pub(crate) fn version_parts(v: &str) -> Option<[u32; 4]> {
-    let mut out = [0; 4];
-    let mut parts = v.trim().split('.');
-    for slot in &mut out {
-        match parts.next() {
-            Some(p) => *slot = p.parse().ok()?,
-            None => break,
+    let mut out = [0u32; 4];
+    let mut part = 0;
+    let mut digits = 0;
+    for &b in v.trim().as_bytes() {
+        match b {
+            b'0'..=b'9' => {
+                out[part] = out[part].checked_mul(10)?.checked_add(u32::from(b - b'0'))?;
+                digits += 1;
+            }
+            b'.' if digits > 0 && part < 3 => {
+                part += 1;
+                digits = 0;
+            }
+            _ => return None,
         }
     }
-    parts.next().is_none().then_some(out)
+    (digits > 0).then_some(out)
 }
 
 /// At or within `just_above_ratio` above one of the campaign's coupon thresholds.
@@ -233,5 +242,36 @@ pub fn plan(hasher: &KeyHasher, route: &Route, signals: &SignalsConfig, ids: &Id
         new_account_ms: signals.new_account_s * 1_000,
         limits,
         timeout_ms: route.state_timeout_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_parts;
+
+    #[test]
+    fn versions_parse_as_dotted_numbers() {
+        assert_eq!(version_parts("3.12.1"), Some([3, 12, 1, 0]));
+        assert_eq!(version_parts(" 4.0.0.17 "), Some([4, 0, 0, 17]));
+        assert_eq!(version_parts("10"), Some([10, 0, 0, 0]));
+        assert_eq!(version_parts("007.1"), Some([7, 1, 0, 0]));
+        for bad in [
+            "",
+            " ",
+            ".",
+            "3.",
+            ".3",
+            "3..1",
+            "1.2.3.4.5",
+            "3.9.0-beta",
+            "v3.9",
+            "3. 9",
+            "+3.9",
+            "99999999999.1",
+        ] {
+            assert_eq!(version_parts(bad), None, "{bad:?}");
+        }
+        assert!(version_parts("3.8.9") < version_parts("3.9.0"));
+        assert!(version_parts("3.10") > version_parts("3.9.9"));
     }
 }
