@@ -59,7 +59,7 @@ PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    [ -n "$KEEP" ] || rm -rf "$WORK"
+    rm -rf "$WORK"
 }
 trap cleanup EXIT
 

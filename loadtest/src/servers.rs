@@ -1,6 +1,8 @@
 //! The two servers of the benchmark floor: a stub upstream that answers every request
-//! `200 {"ok":true}`, and a bare hyper pass-through proxy: what any hyper proxy costs
-//! before it does anything (same server builder and upstream client pool as riskgate).
+//! `200 {"ok":true}`, and a bare hyper pass-through proxy: what a proxy on hyper and
+//! hyper-util's pooled client costs before it does anything. (riskgate forwards through
+//! its own pool on hyper's low-level client, `src/upstream.rs`, which is a little
+//! cheaper: BENCHMARKS.md, "Profile".)
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
