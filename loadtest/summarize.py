@@ -28,13 +28,16 @@ order = ["direct", "passthrough", "passthrough-ct", "riskgate-rules", "riskgate-
 if rows:
     rounds = len({r["round"] for r in rows})
     base = median(rows, "passthrough", "rps")
+    base_ct = median(rows, "passthrough-ct", "rps")
     nginx = median(rows, "nginx", "rps")
     nlimit = median(rows, "nginx-limit", "rps")
     base_cpu = median(rows, "passthrough", "server_cpu_us_per_req")
     print(f"## Maximum throughput (closed loop, medians of {rounds} rounds)\n")
-    print("| row | req/s | vs pass-through | vs nginx | vs nginx + limit_req | p50 ms | p99 ms "
-          "| server CPU µs/req | CPU vs pass-through | errors | non-2xx |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    # Two floors: riskgate with one worker runs a current-thread runtime, and on some
+    # machines the multi-threaded pass-through costs much more than that one.
+    print("| row | req/s | vs pass-through | vs pass-through-ct | vs nginx | vs nginx + limit_req | p50 ms "
+          "| p99 ms | server CPU µs/req | CPU vs pass-through | errors | non-2xx |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in order:
         if not any(r["row"] == name for r in rows):
             continue
@@ -42,10 +45,21 @@ if rows:
         cpu = median(rows, name, "server_cpu_us_per_req")
         errs = sum(int(r["errors"]) for r in rows if r["row"] == name)
         non2xx = sum(int(r["non2xx"]) for r in rows if r["row"] == name)
-        print(f"| {name} | {rps:,.0f} | {rps / base:.2f}x | {rps / nginx:.2f}x | {rps / nlimit:.2f}x "
+        print(f"| {name} | {rps:,.0f} | {rps / base:.2f}x | {rps / base_ct:.2f}x | {rps / nginx:.2f}x "
+              f"| {rps / nlimit:.2f}x "
               f"| {median(rows, name, 'p50_us') / 1000:.3f} | {median(rows, name, 'p99_us') / 1000:.3f} "
               f"| {cpu:.1f} | {cpu / base_cpu:.2f}x | {errs} | {non2xx} |")
-    print()
+    # The same round's rows were measured minutes apart at most: per-round ratios show
+    # how much of a median's ratio is the machine.
+    per_round = {}
+    for r in rows:
+        per_round.setdefault(r["round"], {})[r["row"]] = float(r["rps"])
+    for ref in ["passthrough", "passthrough-ct", "nginx-limit"]:
+        ratios = [f"{v['riskgate-full'] / v[ref]:.2f}x" for _, v in sorted(per_round.items())
+                  if "riskgate-full" in v and ref in v]
+        if ratios:
+            print(f"\nriskgate-full / {ref} per round: {', '.join(ratios)}", end="")
+    print("\n")
 
 fixed = tsv("fixed.tsv")
 if fixed:
