@@ -570,6 +570,48 @@ fn an_order_just_above_the_threshold_straight_from_the_coupon_is_challenged() {
 }
 
 #[test]
+fn threshold_orders_from_two_accounts_to_one_address_within_the_hour_are_challenged() {
+    let w = World::new();
+    // Two accounts of a fake-order crew, each on its own phone with its own payment
+    // account, each having looked at the item: only the drop address links them.
+    let order = |w: &World, t: u64, user: &str, amount: f64, address: &str| {
+        let phone = format!("{user}-phone");
+        w.send(Req::browse(t, user, &phone, "198.51.100.90"));
+        w.send(Req {
+            path: "/api/item/view",
+            ..Req::browse(t + 20_000, user, &phone, "198.51.100.90")
+        });
+        w.send(Req::order(
+            t + 60_000,
+            user,
+            &phone,
+            amount,
+            &format!("pay-{user}"),
+            address,
+        ))
+    };
+    let a = order(&w, 0, "drop-1", 101.5, "drop-address");
+    assert_eq!(f(&a, "users_per_address_1h"), 1.0);
+    assert!(!a.decision.stops(), "{:?}", a.score.reasons);
+    let b = order(&w, 900_000, "drop-2", 102.0, "drop-address");
+    assert_eq!(f(&b, "users_per_address_1h"), 2.0);
+    assert_eq!(f(&b, "amount_just_above_threshold"), 1.0);
+    assert!(b.score.reasons.iter().any(|r| &**r == "shared_address_at_threshold"));
+    assert!(b.decision.stops(), "{:?}", b.score.reasons);
+    // A household: the same address, but one order well above the threshold, and the
+    // other at the threshold more than an hour after the first.
+    let c = order(&w, 0, "home-1", 180.0, "home-address");
+    assert!(!c.decision.stops(), "{:?}", c.score.reasons);
+    let d = order(&w, 2 * 3_600_000, "home-2", 101.0, "home-address");
+    assert_eq!(f(&d, "users_per_address_1h"), 1.0);
+    assert_eq!(f(&d, "users_per_address_24h"), 2.0);
+    assert!(!d.decision.stops(), "{:?}", d.score.reasons);
+    let e = order(&w, 2 * 3_600_000 + 600_000, "home-1", 150.0, "home-address");
+    assert_eq!(f(&e, "users_per_address_1h"), 2.0);
+    assert!(!e.decision.stops(), "{:?}", e.score.reasons);
+}
+
+#[test]
 fn a_fake_order_crew_is_one_cluster_through_its_payment_account() {
     let w = World::new();
     // Three phones, two accounts each, one shared payment account: no phone shows more
