@@ -55,7 +55,7 @@ if rows:
     for r in rows:
         per_round.setdefault(r["round"], {})[r["row"]] = float(r["rps"])
     for ref in ["passthrough", "passthrough-ct", "nginx-limit"]:
-        ratios = [f"{v['riskgate-full'] / v[ref]:.2f}x" for _, v in sorted(per_round.items())
+        ratios = [f"{v['riskgate-full'] / v[ref]:.2f}x" for _, v in sorted(per_round.items(), key=lambda kv: int(kv[0]))
                   if "riskgate-full" in v and ref in v]
         if ratios:
             print(f"\nriskgate-full / {ref} per round: {', '.join(ratios)}", end="")
