@@ -354,6 +354,14 @@ fn a_task_link_shows_in_invitees_that_skip_the_campaign_page() {
     assert_eq!(blind, [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]);
     assert_eq!(f(&reads[5], "inviter_blind_share_1h"), 0.5);
     assert!(reads.iter().all(|a| f(a, "inviter_reqs_1m") == 1.0));
+    // The second blind invitee, two of three: the task link's first takers.
+    let early = |a: &Assessment| a.score.reasons.iter().any(|r| &**r == "inviter_task_link_early");
+    assert!(!early(&reads[1]), "one blind invitee of two is not yet a pattern");
+    assert!(
+        early(&reads[2]) && reads[2].decision.stops(),
+        "{:?}",
+        reads[2].score.reasons
+    );
     // From the third blind invitee on, every invitee of that inviter is stopped, those
     // who browsed too.
     assert!(!reads[3].score.reasons.iter().any(|r| &**r == "inviter_task_link"));
