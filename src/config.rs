@@ -434,7 +434,7 @@ pub struct SignalsConfig {
     pub new_account_s: u64,
     /// The oldest app release still in use ("3.9.0"); older or unparseable versions are
     /// stale (captured requests replayed by a script). Empty: nothing is stale.
-    pub min_app_version: String,
+    pub min_app_version: AppVersionFloor,
     /// Leading characters of a device id that device-id generators leave alike; 0 turns
     /// `prefix_new_devices_*` off.
     pub device_prefix_len: usize,
@@ -446,9 +446,28 @@ impl Default for SignalsConfig {
             order_thresholds: Vec::new(),
             just_above_ratio: 0.05,
             new_account_s: 600,
-            min_app_version: String::new(),
+            min_app_version: AppVersionFloor::default(),
             device_prefix_len: 8,
         }
+    }
+}
+
+/// `signals.min_app_version` as written, and parsed once, when the config is read:
+/// every request with an app version is compared with it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AppVersionFloor {
+    /// Empty: nothing is stale.
+    pub text: String,
+    /// `text` as a version; `None` when it is empty or not one (the config check refuses
+    /// the latter).
+    pub parts: Option<[u32; 4]>,
+}
+
+impl<'de> Deserialize<'de> for AppVersionFloor {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let parts = crate::signals::version_parts(&text);
+        Ok(AppVersionFloor { text, parts })
     }
 }
 

@@ -311,7 +311,7 @@ fn read_source(source: &Source, event: &Event, ip: IpAddr) -> Option<String> {
                 (k == name).then_some(v)
             })
         })?),
-        Source::Json(pointer) => match json_pointer(event.body.as_ref()?, pointer)? {
+        Source::Json(pointer) => match pointer.resolve(event.body.as_ref()?)? {
             serde_json::Value::String(s) => Cow::Borrowed(s.as_str()),
             serde_json::Value::Number(n) => Cow::Owned(n.to_string()),
             serde_json::Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
@@ -330,24 +330,26 @@ fn read_source(source: &Source, event: &Event, ip: IpAddr) -> Option<String> {
     Some(value[..end].to_string())
 }
 
-/// `Value::pointer` (RFC 6901) over the pointer's pre-split tokens: no allocation and
-/// no scan of the pointer per request.
-fn json_pointer<'v>(value: &'v serde_json::Value, pointer: &JsonPointer) -> Option<&'v serde_json::Value> {
-    let mut target = value;
-    for token in &pointer.tokens {
-        target = match target {
-            serde_json::Value::Object(map) => map.get(token.as_str())?,
-            serde_json::Value::Array(list) => {
-                // As serde_json: a decimal index without a leading zero (or `0` itself).
-                if token.is_empty() || (token.len() > 1 && token.starts_with('0')) || token.starts_with('+') {
-                    return None;
+impl JsonPointer {
+    /// `Value::pointer` (RFC 6901) over the pre-split tokens: no allocation and no scan
+    /// of the pointer per request.
+    fn resolve<'v>(&self, value: &'v serde_json::Value) -> Option<&'v serde_json::Value> {
+        let mut target = value;
+        for token in &self.tokens {
+            target = match target {
+                serde_json::Value::Object(map) => map.get(token.as_str())?,
+                serde_json::Value::Array(list) => {
+                    // As serde_json: a decimal index without a leading zero (or `0` itself).
+                    if token.is_empty() || (token.len() > 1 && token.starts_with('0')) || token.starts_with('+') {
+                        return None;
+                    }
+                    list.get(token.parse::<usize>().ok()?)?
                 }
-                list.get(token.parse::<usize>().ok()?)?
-            }
-            _ => return None,
-        };
+                _ => return None,
+            };
+        }
+        Some(target)
     }
-    Some(target)
 }
 
 #[cfg(test)]
@@ -379,7 +381,7 @@ mod tests {
             "/missing",
             "/a/b/1/c/d",
         ] {
-            assert_eq!(json_pointer(&doc, &JsonPointer::from(p)), doc.pointer(p), "{p}");
+            assert_eq!(JsonPointer::from(p).resolve(&doc), doc.pointer(p), "{p}");
         }
     }
 

@@ -1,6 +1,7 @@
 //! Proxy: one client request through the pipeline, then forwarded to the upstream with
 //! risk headers, or answered locally. All HTTP error answers are made here.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -430,7 +431,7 @@ fn event_of(
         // `from_utf8` first: its ASCII fast path is several times quicker than the
         // byte-at-a-time scan of `from_utf8_lossy`, and header values are ASCII.
         let value = match std::str::from_utf8(value.as_bytes()) {
-            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Ok(text) => Cow::Borrowed(text),
             Err(_) => String::from_utf8_lossy(value.as_bytes()),
         };
         // Repeated headers join as one list (RFC 9110 §5.3); cookies join with `; `.

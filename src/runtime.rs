@@ -357,7 +357,7 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
     if sig.order_thresholds.iter().any(|t| !(t.is_finite() && *t > 0.0)) {
         p.at(None, "signals.order_thresholds", "thresholds must be positive amounts");
     }
-    if !sig.min_app_version.is_empty() && crate::signals::version_parts(&sig.min_app_version).is_none() {
+    if !sig.min_app_version.text.is_empty() && sig.min_app_version.parts.is_none() {
         p.at(
             None,
             "signals.min_app_version",

@@ -163,17 +163,18 @@ fn device_prefix(hasher: &KeyHasher, device: &str, len: usize) -> Option<u64> {
 
 /// Older than the oldest release in use, or not a dotted version at all.
 fn stale(version: &str, signals: &SignalsConfig) -> bool {
-    if signals.min_app_version.is_empty() {
+    let floor = &signals.min_app_version;
+    if floor.text.is_empty() {
         return false;
     }
-    match (version_parts(version), version_parts(&signals.min_app_version)) {
+    match (version_parts(version), floor.parts) {
         (Some(v), Some(min)) => v < min,
         _ => true,
     }
 }
 
 /// "3.12.1" → [3, 12, 1, 0] (up to four numeric parts). One pass over the bytes: it runs
-/// on every request that carries a version, for it and for the configured minimum.
+/// on every request that carries a version.
 pub(crate) fn version_parts(v: &str) -> Option<[u32; 4]> {
     let mut out = [0u32; 4];
     let mut part = 0;
