@@ -64,6 +64,9 @@ pub struct AuditStats {
     pub rotations: u64,
     /// Records accepted by `record()` and not yet written or dropped.
     pub queued: u64,
+    /// Flushes that handed records to the OS (one write syscall each, or more for a
+    /// buffer larger than the OS takes at once): under load, far fewer than records.
+    pub flushes: u64,
 }
 
 #[derive(Default)]
@@ -73,6 +76,7 @@ struct Counters {
     errors: AtomicU64,
     rotations: AtomicU64,
     queued: AtomicU64,
+    flushes: AtomicU64,
 }
 
 impl Counters {
@@ -83,6 +87,7 @@ impl Counters {
             errors: self.errors.load(Ordering::Relaxed),
             rotations: self.rotations.load(Ordering::Relaxed),
             queued: self.queued.load(Ordering::Relaxed),
+            flushes: self.flushes.load(Ordering::Relaxed),
         }
     }
 
@@ -324,7 +329,12 @@ impl Writer {
                         continue;
                     }
                     match self.rx.recv() {
-                        Ok(line) => line,
+                        Ok(line) => {
+                            // Traffic is back: nap again when the queue runs dry, or
+                            // every later record would wake this thread on its own.
+                            idle_naps = 0;
+                            line
+                        }
                         Err(_) => break,
                     }
                 }
@@ -419,6 +429,7 @@ impl Writer {
         }
         match w.flush() {
             Ok(()) => {
+                self.counters.flushes.fetch_add(1, Ordering::Relaxed);
                 self.counters.settle_written(self.pending);
                 self.pending = 0;
             }
@@ -566,10 +577,12 @@ mod tests {
             log.record(rec(i));
         }
         let stats = log.close(WAIT);
+        assert!(stats.flushes >= 1);
         assert_eq!(
             stats,
             AuditStats {
                 written: 2000,
+                flushes: stats.flushes,
                 ..AuditStats::default()
             }
         );
@@ -862,6 +875,42 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(lines_of(&path), [rec_str(7)]);
+    }
+
+    #[test]
+    fn batches_again_after_parking_on_an_idle_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::with_limits(path.clone(), 1000, 1 << 20, 1);
+        log.record(rec(0));
+        let start = Instant::now();
+        while log.stats().written == 0 && start.elapsed() < WAIT {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Idle for longer than all its naps: the writer parks on the queue.
+        std::thread::sleep(NAP * IDLE_NAPS + Duration::from_millis(200));
+        let before = log.stats().flushes;
+        // A steady trickle, a record about every millisecond: the first one wakes the
+        // writer, the rest must be picked up in batches, one flush per nap at most.
+        let start = Instant::now();
+        for i in 1..=200 {
+            log.record(rec(i));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        while log.stats().written < 201 && start.elapsed() < WAIT {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let elapsed = start.elapsed();
+        let flushes = log.stats().flushes - before;
+        assert_eq!(log.stats().written, 201);
+        // One flush on waking, then at most one per nap (a nap lasts at least NAP).
+        let most = elapsed.as_millis() / NAP.as_millis() + 2;
+        assert!(
+            u128::from(flushes) <= most,
+            "{flushes} flushes for 200 records in {elapsed:?}: the writer was woken record by record"
+        );
+        log.close(WAIT);
+        assert_eq!(lines_of(&path).len(), 201);
     }
 
     #[test]

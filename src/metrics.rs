@@ -39,6 +39,7 @@ pub struct Metrics {
     pub inflight: IntGauge,
     audit_records: IntCounterVec,
     audit_errors: IntCounter,
+    audit_flushes: IntCounter,
     audit_queued: IntGauge,
     /// Admin calls refused for a missing or wrong bearer token.
     pub admin_denied: IntCounter,
@@ -265,6 +266,11 @@ impl Metrics {
                 &["outcome"],
             ),
             audit_errors: plain_counter(&r, "riskgate_audit_errors_total", "Audit log open, write and rotation failures."),
+            audit_flushes: plain_counter(
+                &r,
+                "riskgate_audit_flushes_total",
+                "Audit log flushes that handed records to the OS; under load far fewer than records.",
+            ),
             audit_queued: gauge(
                 &r,
                 "riskgate_audit_queue_records",
@@ -500,6 +506,7 @@ impl Metrics {
         follow(&self.audit_records.with_label_values(&["written"]), stats.written);
         follow(&self.audit_records.with_label_values(&["dropped"]), stats.dropped);
         follow(&self.audit_errors, stats.errors);
+        follow(&self.audit_flushes, stats.flushes);
         self.audit_queued.set(stats.queued as i64);
     }
 
