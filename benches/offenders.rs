@@ -21,6 +21,7 @@ fn ids(device: String, ip: std::net::IpAddr) -> Identities {
         address: None,
         user_agent: None,
         app_version: None,
+        wifi: false,
     }
 }
 

@@ -235,6 +235,9 @@ pub struct Identities {
     pub user_agent: Option<String>,
     #[serde(skip)]
     pub app_version: Option<String>,
+    /// The whole user agent (before it is cut) reports a Wi-Fi connection.
+    #[serde(skip)]
+    pub wifi: bool,
 }
 
 /// Longest identity value kept; longer values are cut so that a hostile client cannot
@@ -246,6 +249,7 @@ const MAX_IDENTITY_LEN: usize = 256;
 pub fn identities(spec: &IdentitySpec, event: &Event, trusted_proxies: &[IpNet]) -> Identities {
     let ip = client_ip(event.client_ip, event.header("x-forwarded-for"), trusted_proxies);
     let read = |s: &Option<Source>| s.as_ref().and_then(|s| read_source(s, event, ip));
+    let user_agent = spec.user_agent.as_ref().and_then(|s| source_text(s, event, ip));
     Identities {
         user: read(&spec.user),
         device: read(&spec.device),
@@ -259,8 +263,9 @@ pub fn identities(spec: &IdentitySpec, event: &Event, trusted_proxies: &[IpNet])
             .filter(|a| a.is_finite()),
         pay_account: read(&spec.pay_account),
         address: read(&spec.address),
-        user_agent: read(&spec.user_agent),
+        user_agent: user_agent.as_deref().map(cut),
         app_version: read(&spec.app_version),
+        wifi: user_agent.as_deref().is_some_and(on_wifi),
     }
 }
 
@@ -297,7 +302,11 @@ pub fn client_ip(peer: IpAddr, xff: Option<&str>, trusted: &[IpNet]) -> IpAddr {
 }
 
 fn read_source(source: &Source, event: &Event, ip: IpAddr) -> Option<String> {
-    // Borrowed where the value is already text; copied once, trimmed and cut, at the end.
+    source_text(source, event, ip).map(|v| cut(&v))
+}
+
+/// The trimmed value of `source`, not yet cut: borrowed where it is already text.
+fn source_text<'e>(source: &Source, event: &'e Event, ip: IpAddr) -> Option<Cow<'e, str>> {
     let value: Cow<'_, str> = match source {
         Source::Header(name) => Cow::Borrowed(event.header(name.as_str())?),
         Source::Query(name) => {
@@ -319,15 +328,32 @@ fn read_source(source: &Source, event: &Event, ip: IpAddr) -> Option<String> {
         },
         Source::Ip => Cow::Owned(ip.to_string()),
     };
-    let value = value.trim();
-    if value.is_empty() {
-        return None;
-    }
+    let value = match value {
+        Cow::Borrowed(v) => Cow::Borrowed(v.trim()),
+        Cow::Owned(v) if v.trim().len() == v.len() => Cow::Owned(v),
+        Cow::Owned(v) => Cow::Owned(v.trim().to_string()),
+    };
+    (!value.is_empty()).then_some(value)
+}
+
+/// `value` copied, cut to `MAX_IDENTITY_LEN` bytes at a character boundary.
+fn cut(value: &str) -> String {
     let mut end = value.len().min(MAX_IDENTITY_LEN);
     while !value.is_char_boundary(end) {
         end -= 1;
     }
-    Some(value[..end].to_string())
+    value[..end].to_string()
+}
+
+/// The user agent reports a Wi-Fi connection: WeChat and Alipay mini programs append
+/// `NetType/WIFI` (or `NetType/4G`, `5G`, ...) to their user agents, near the end of
+/// strings often longer than an identity is kept.
+pub fn on_wifi(ua: &str) -> bool {
+    ua.find("NetType/").is_some_and(|at| {
+        ua.as_bytes()
+            .get(at + 8..at + 12)
+            .is_some_and(|t| t.eq_ignore_ascii_case(b"wifi"))
+    })
 }
 
 impl JsonPointer {
@@ -356,6 +382,30 @@ impl JsonPointer {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn wifi_is_read_from_the_mini_program_network_type() {
+        let wechat = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5_1 like Mac OS X) AppleWebKit/605.1.15 \
+                      (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.49(0x18003137) NetType/WIFI Language/zh_CN";
+        assert!(on_wifi(wechat));
+        assert!(on_wifi("AlipayClient/10.5.36 NetType/wifi"));
+        assert!(!on_wifi(&wechat.replace("NetType/WIFI", "NetType/4G")));
+        assert!(!on_wifi(&wechat.replace("NetType/WIFI", "NetType/5G")));
+        assert!(!on_wifi("Mozilla/5.0 (Windows NT 10.0; Win64; x64) WIFI"));
+        assert!(!on_wifi("okhttp/4.9.3 NetType/"));
+        assert!(!on_wifi("NetType/WIF"));
+        // Read from the whole header: an Android user agent is longer than an identity
+        // is kept, and its network type comes last.
+        let android = format!("{} NetType/WIFI Language/zh_CN ABI/arm64 miniProgram", "x".repeat(400));
+        let ev = event(&[("user-agent", &android)], "", None);
+        let spec = IdentitySpec {
+            user_agent: Some("header:user-agent".parse().unwrap()),
+            ..IdentitySpec::default()
+        };
+        let ids = identities(&spec, &ev, &[]);
+        assert!(ids.wifi);
+        assert_eq!(ids.user_agent.map(|ua| ua.len()), Some(MAX_IDENTITY_LEN));
+    }
 
     #[test]
     fn json_pointers_resolve_as_serde_json_does() {

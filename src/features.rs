@@ -4,7 +4,7 @@
 //! mean one thing to a rule and another to the classifier.
 
 /// Bumped whenever a feature is added, removed, renamed or changes meaning.
-pub const FEATURE_SET_VERSION: &str = "rg-features-6";
+pub const FEATURE_SET_VERSION: &str = "rg-features-7";
 
 macro_rules! features {
     ($( $variant:ident => $name:literal, $window:literal, $meaning:literal; )*) => {
@@ -94,6 +94,7 @@ features! {
     DeviceNewUsers24h => "device_new_users_24h", "24 h", "accounts first seen on this device (new registrations on one phone)";
     IpNewUsers1h => "ip_new_users_1h", "1 h", "accounts first seen from this client IP";
     IpNewUsers24h => "ip_new_users_24h", "24 h", "accounts first seen from this client IP";
+    IpNewDevices1m => "ip_new_devices_1m", "1 min", "devices first seen from this client IP: a rack of new phones starting together behind one line";
     SubnetNewUsers1h => "subnet_new_users_1h", "1 h", "accounts first seen from this /24 or /64";
     SubnetNewUsers24h => "subnet_new_users_24h", "24 h", "accounts first seen from this /24 or /64";
     UaNewDevices1h => "ua_new_devices_1h", "1 h", "devices first seen with this exact user-agent string";
@@ -129,6 +130,7 @@ features! {
     HasAppVersion => "has_app_version", "-", "1 when the request carries the app version header";
     AppVersionStale => "app_version_stale", "-", "1 when the app version is older than signals.min_app_version or not a version at all";
     HasUserAgent => "has_user_agent", "-", "1 when the request carries a user agent";
+    OnWifi => "on_wifi", "-", "1 when the user agent reports a Wi-Fi connection (NetType/WIFI, as WeChat and Alipay send): a home or office line, not a carrier's shared NAT";
     HasInviter => "has_inviter", "-", "1 when the request names an inviter";
     Amount => "amount", "-", "order amount from the request (0 when absent)";
     AmountJustAbove => "amount_just_above_threshold", "-", "1 when the amount is at or just above a coupon threshold (signals.order_thresholds)";

@@ -338,6 +338,7 @@ mod tests {
             address: None,
             user_agent: None,
             app_version: None,
+            wifi: false,
         }
     }
 

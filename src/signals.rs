@@ -66,6 +66,7 @@ pub async fn observe<S: StateStore>(
     );
     windows(&mut f, Feature::DeviceNewUsers1h, &r.new_users[0]);
     windows(&mut f, Feature::IpNewUsers1h, &r.new_users[1]);
+    f.set(Feature::IpNewDevices1m, f64::from(r.ip_new_devices));
     windows(&mut f, Feature::SubnetNewUsers1h, &r.new_users[2]);
     windows(&mut f, Feature::UaNewDevices1h, &r.ua_new_devices);
     windows(&mut f, Feature::UasPerDevice1h, &r.uas_per_device);
@@ -138,6 +139,7 @@ pub async fn observe<S: StateStore>(
         flag(ids.app_version.as_deref().is_some_and(|v| stale(v, signals))),
     );
     f.set(Feature::HasUserAgent, flag(ids.user_agent.is_some()));
+    f.set(Feature::OnWifi, flag(ids.wifi));
     f.set(Feature::HasInviter, flag(ids.inviter.is_some()));
     f.set(Feature::Amount, ids.amount.unwrap_or(0.0));
     f.set(

@@ -783,3 +783,65 @@ fn device_ids_from_one_generator_share_a_prefix() {
     let c = w.send(Req::claim(310_000, "short", "5eedc0de12", "198.18.9.3"));
     assert_eq!(f(&c, "prefix_new_devices_1h"), 0.0);
 }
+
+/// Five phones, each seen for the first time, starting within seconds of each other
+/// behind one line: a browse, then a claim each.
+fn rack_of_new_phones(w: &World, ip: &str, net: &str, apart_ms: u64) -> Vec<Assessment> {
+    let ua = format!("Mozilla/5.0 (Linux; Android 14; 23127PN0CC) MicroMessenger/8.0.50 NetType/{net} Language/zh_CN");
+    (0..5u64)
+        .map(|i| {
+            let (user, device) = (format!("rack-user-{i}"), format!("rack-phone-{i}"));
+            let t = i * apart_ms;
+            w.send(Req {
+                ua: &ua,
+                ..Req::browse(t, &user, &device, ip)
+            });
+            w.send(Req {
+                ua: &ua,
+                ..Req::claim(t + 3_000, &user, &device, ip)
+            })
+        })
+        .collect()
+}
+
+fn fired(a: &Assessment, rule: &str) -> bool {
+    a.score.reasons.iter().any(|r| &**r == rule)
+}
+
+#[test]
+fn a_rack_of_new_phones_on_one_wifi_line_is_challenged() {
+    let w = World::new();
+    let claims = rack_of_new_phones(&w, "198.18.40.7", "WIFI", 2_000);
+    let counts: Vec<f64> = claims.iter().map(|a| f(a, "ip_new_devices_1m")).collect();
+    assert_eq!(counts, [1.0, 2.0, 3.0, 4.0, 5.0]);
+    assert!(claims.iter().all(|a| f(a, "on_wifi") == 1.0));
+    // The first two phones look like anyone's; from the third the rack shows.
+    for a in &claims[..2] {
+        assert!(!fired(a, "new_phones_on_one_line"));
+        assert!(!a.decision.stops(), "{:?}", a.score.reasons);
+    }
+    for a in &claims[2..] {
+        assert!(fired(a, "new_phones_on_one_line"), "{:?}", a.score.reasons);
+        assert_eq!(a.decision, Decision::Challenge);
+    }
+}
+
+#[test]
+fn new_phones_behind_a_carrier_nat_or_arriving_minutes_apart_are_not_a_rack() {
+    // A carrier's NAT: as many new phones as the rack, as fast, but on 4G.
+    let nat = World::new();
+    let claims = rack_of_new_phones(&nat, "198.19.3.9", "4G", 2_000);
+    assert_eq!(f(&claims[4], "ip_new_devices_1m"), 5.0);
+    for a in &claims {
+        assert_eq!(f(a, "on_wifi"), 0.0);
+        assert!(!fired(a, "new_phones_on_one_line"));
+        assert!(!a.decision.stops(), "{:?}", a.score.reasons);
+    }
+    // One Wi-Fi line where a new phone turns up every two minutes (a shop, an office).
+    let shop = World::new();
+    for a in rack_of_new_phones(&shop, "198.18.41.8", "WIFI", 120_000) {
+        assert!(f(&a, "ip_new_devices_1m") <= 2.0);
+        assert!(!fired(&a, "new_phones_on_one_line"));
+        assert!(!a.decision.stops(), "{:?}", a.score.reasons);
+    }
+}

@@ -16,7 +16,7 @@ use super::window::{DistinctSet, HourDay, Windows, DISTINCT_CAP};
 use super::{
     combine, fingerprint, KeyKind, LimitCheck, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats,
     COUNTED, DISTINCT, DISTINCT_WINDOWS_S, TAG_ASSISTED, TAG_BLIND_INVITEES, TAG_CLUSTER, TAG_HASTY,
-    TAG_INVITEE_SUBNETS, TAG_NEW_DEVICES, TAG_NEW_FIRST, TAG_NEW_INVITEES, TAG_PREFIX_NEW_DEVICES,
+    TAG_INVITEE_SUBNETS, TAG_IP_NEW_DEVICES, TAG_NEW_DEVICES, TAG_NEW_FIRST, TAG_NEW_INVITEES, TAG_PREFIX_NEW_DEVICES,
 };
 
 /// Per identity (global across routes): when it was first seen, the timing of its
@@ -305,14 +305,20 @@ impl MemoryState {
 
         // Derived counters of their own: bumped when this request is the event they
         // count, read otherwise. The (1 h, 24 h) windows are the last two of the four.
-        let counter = |k: u64, tag: u64, bump: bool| {
-            let w = if bump {
+        let windows = |k: u64, tag: u64, bump: bool| {
+            if bump {
                 self.counters.update(combine(k, tag), now, |w, _| w.bump(now))
             } else {
                 self.counters.peek(combine(k, tag), |w| w.read(now)).unwrap_or_default()
-            };
+            }
+        };
+        let counter = |k: u64, tag: u64, bump: bool| {
+            let w = windows(k, tag, bump);
             [w[2], w[3]]
         };
+        if let Some(ip) = key(KeyKind::Ip) {
+            out.ip_new_devices = windows(ip, TAG_IP_NEW_DEVICES, device_new)[1];
+        }
         if let Some(prefix) = obs.device_prefix {
             out.prefix_new_devices = counter(prefix, TAG_PREFIX_NEW_DEVICES, device_new);
         }

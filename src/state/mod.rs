@@ -39,6 +39,7 @@ pub(crate) const TAG_PREFIX_NEW_DEVICES: u64 = 0xB9;
 pub(crate) const TAG_HASTY: u64 = 0xBA;
 pub(crate) const TAG_NEW_FIRST: u64 = 0xBB;
 pub(crate) const TAG_BLIND_INVITEES: u64 = 0xBC;
+pub(crate) const TAG_IP_NEW_DEVICES: u64 = 0xBD;
 
 /// A member's fingerprint in a distinct set: the top half of its key.
 pub(crate) fn fingerprint(key: u64) -> u32 {
@@ -185,6 +186,8 @@ pub struct Readout {
     pub ua_new_devices: [u32; 2],
     /// Devices first seen whose id has this request's device-id prefix.
     pub prefix_new_devices: [u32; 2],
+    /// Devices first seen from this client IP, over 1 min.
+    pub ip_new_devices: u32,
     /// Distinct user-agent strings this device sent.
     pub uas_per_device: [u32; 2],
     /// Only for a new device's first request on this route (else zeros), over 1 h: new

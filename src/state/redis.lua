@@ -531,11 +531,18 @@ if slot[40] and cache[slot[40]] then
 end
 push({inviter_age})
 
--- Slots 41-: GCRA cells (governor's algorithm) in microseconds of event time:
+-- Slot 41: devices first seen from this client IP, over 1 min.
+if slot[41] then
+  push({windows(slot[41], device_new)[2]})
+else
+  push({0})
+end
+
+-- Slots 42-: GCRA cells (governor's algorithm) in microseconds of event time:
 -- 0 = allowed, otherwise the wait in ms.
 local now_us = now * 1000
 for i = 1, nlimits do
-  local key = slot[40 + i]
+  local key = slot[41 + i]
   local t = tonumber(ARGV[16 + 2 * i])
   local tau = tonumber(ARGV[17 + 2 * i])
   local tat = tonumber(cache[key]) or now_us

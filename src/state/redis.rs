@@ -40,14 +40,15 @@ use super::memory::{new_cluster_id, MemoryState};
 use super::{
     combine, fingerprint, KeyKind, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats, COUNTED,
     DISTINCT, TAG_ASSISTED, TAG_BLIND_INVITEES, TAG_BROWSE, TAG_CLUSTER, TAG_HASTY, TAG_INVITEE_SUBNETS,
-    TAG_NEW_DEVICES, TAG_NEW_FIRST, TAG_NEW_INVITEES, TAG_NEW_USERS, TAG_PREFIX_NEW_DEVICES, TAG_SUBNETS, TAG_UAS,
+    TAG_IP_NEW_DEVICES, TAG_NEW_DEVICES, TAG_NEW_FIRST, TAG_NEW_INVITEES, TAG_NEW_USERS, TAG_PREFIX_NEW_DEVICES,
+    TAG_SUBNETS, TAG_UAS,
 };
 use crate::config::StateConfig;
 
 const SCRIPT: &str = include_str!("redis.lua");
 
 /// Fixed slots of the script before the limit cells (see `redis.lua`).
-const FIXED_SLOTS: usize = 40;
+const FIXED_SLOTS: usize = 41;
 
 /// After a failed call (or `TIMEOUTS_BEFORE_SKIPPING` timeouts in a row), requests
 /// skip Redis for this long and degrade at once, so that an outage costs one failed call
@@ -292,7 +293,9 @@ impl RedisState {
         slots.push(derived(referral.map(|(inviter, _, _)| inviter), TAG_BLIND_INVITEES));
         // 40: the inviter's account entry (its first-seen time, read only).
         slots.push(referral.map(|(_, inviter_user, _)| self.key('e', inviter_user)));
-        // 41-: limit cells.
+        // 41: devices first seen from this client IP (1 min).
+        slots.push(derived(key(KeyKind::Ip), TAG_IP_NEW_DEVICES));
+        // 42-: limit cells.
         for l in &obs.limits {
             slots.push(Some(self.key('l', l.key)));
         }
@@ -385,7 +388,7 @@ impl RedisState {
 
 /// The script's flat reply → a `Readout`.
 fn readout(v: &[i64], limits: usize) -> Result<Readout, StateError> {
-    const FIXED: usize = 32 + 16 + 4 + 2 + 6 + 2 + 2 + 2 + 4 + 2 + 3 + 2 + 2 + 4 + 2 + 1;
+    const FIXED: usize = 32 + 16 + 4 + 2 + 6 + 2 + 2 + 2 + 4 + 2 + 3 + 2 + 2 + 4 + 2 + 1 + 1;
     if v.len() != FIXED + limits {
         return Err(StateError::Unavailable(format!(
             "the state script answered {} values, expected {}",
@@ -429,7 +432,8 @@ fn readout(v: &[i64], limits: usize) -> Result<Readout, StateError> {
     r.first_requests = [n(i + 9), n(i + 10), n(i + 11), n(i + 12)];
     r.inviter_blind_invitees = pair(i + 13);
     r.inviter_age_ms = age(i + 15);
-    i += 16;
+    r.ip_new_devices = n(i + 16);
+    i += 17;
     r.limits = v[i..]
         .iter()
         .map(|ms| match *ms {
@@ -481,7 +485,7 @@ mod tests {
 
     #[test]
     fn readout_layout_round_trips() {
-        let mut v: Vec<i64> = (0..86).collect();
+        let mut v: Vec<i64> = (0..87).collect();
         v[48] = -1; // no account
         v.push(0);
         v.push(1_500);
@@ -493,6 +497,7 @@ mod tests {
         assert_eq!(r.first_requests, [79, 80, 81, 82]);
         assert_eq!(r.inviter_blind_invitees, [83, 84]);
         assert_eq!(r.inviter_age_ms, Some(85));
+        assert_eq!(r.ip_new_devices, 86);
         assert_eq!(r.counts[0], [0, 1, 2, 3]);
         assert_eq!(r.counts[7], [28, 29, 30, 31]);
         assert_eq!(r.distinct[0], [32, 33]);
