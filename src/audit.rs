@@ -568,6 +568,14 @@ mod tests {
         format!("{{\"i\":{i:06}}}")
     }
 
+    /// Waits (up to `WAIT`) until `n` records are written.
+    fn wait_written(log: &AuditLog, n: u64) {
+        let start = Instant::now();
+        while log.stats().written < n && start.elapsed() < WAIT {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn writes_records_one_per_line_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -883,10 +891,7 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let log = AuditLog::with_limits(path.clone(), 1000, 1 << 20, 1);
         log.record(rec(0));
-        let start = Instant::now();
-        while log.stats().written == 0 && start.elapsed() < WAIT {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_written(&log, 1);
         // Idle for longer than all its naps: the writer parks on the queue.
         std::thread::sleep(NAP * IDLE_NAPS + Duration::from_millis(200));
         let before = log.stats().flushes;
@@ -897,9 +902,7 @@ mod tests {
             log.record(rec(i));
             std::thread::sleep(Duration::from_millis(1));
         }
-        while log.stats().written < 201 && start.elapsed() < WAIT {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_written(&log, 201);
         let elapsed = start.elapsed();
         let flushes = log.stats().flushes - before;
         assert_eq!(log.stats().written, 201);
@@ -920,10 +923,7 @@ mod tests {
         let log = AuditLog::with_limits(path.clone(), 100, 1 << 20, 1);
         log.record(rec(1));
         // The queue goes idle: the record reaches the file without close().
-        let start = Instant::now();
-        while log.stats().written == 0 && start.elapsed() < WAIT {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_written(&log, 1);
         assert_eq!(log.stats().written, 1);
         assert_eq!(log.stats().queued, 0);
         assert_eq!(lines_of(&path), [rec_str(1)]);

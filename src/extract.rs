@@ -263,7 +263,7 @@ pub fn identities(spec: &IdentitySpec, event: &Event, trusted_proxies: &[IpNet])
             .filter(|a| a.is_finite()),
         pay_account: read(&spec.pay_account),
         address: read(&spec.address),
-        user_agent: user_agent.as_deref().map(cut),
+        user_agent: user_agent.as_deref().and_then(kept),
         app_version: read(&spec.app_version),
         wifi: user_agent.as_deref().is_some_and(on_wifi),
     }
@@ -302,12 +302,12 @@ pub fn client_ip(peer: IpAddr, xff: Option<&str>, trusted: &[IpNet]) -> IpAddr {
 }
 
 fn read_source(source: &Source, event: &Event, ip: IpAddr) -> Option<String> {
-    source_text(source, event, ip).map(|v| cut(&v))
+    kept(&source_text(source, event, ip)?)
 }
 
-/// The trimmed value of `source`, not yet cut: borrowed where it is already text.
+/// The value of `source` as the request has it: borrowed where it is already text.
 fn source_text<'e>(source: &Source, event: &'e Event, ip: IpAddr) -> Option<Cow<'e, str>> {
-    let value: Cow<'_, str> = match source {
+    Some(match source {
         Source::Header(name) => Cow::Borrowed(event.header(name.as_str())?),
         Source::Query(name) => {
             form_urlencoded::parse(event.query.as_bytes())
@@ -327,22 +327,21 @@ fn source_text<'e>(source: &Source, event: &'e Event, ip: IpAddr) -> Option<Cow<
             _ => return None,
         },
         Source::Ip => Cow::Owned(ip.to_string()),
-    };
-    let value = match value {
-        Cow::Borrowed(v) => Cow::Borrowed(v.trim()),
-        Cow::Owned(v) if v.trim().len() == v.len() => Cow::Owned(v),
-        Cow::Owned(v) => Cow::Owned(v.trim().to_string()),
-    };
-    (!value.is_empty()).then_some(value)
+    })
 }
 
-/// `value` copied, cut to `MAX_IDENTITY_LEN` bytes at a character boundary.
-fn cut(value: &str) -> String {
+/// What an identity keeps of a value: trimmed (`None` when nothing is left), copied
+/// once, cut to `MAX_IDENTITY_LEN` bytes at a character boundary.
+fn kept(value: &str) -> Option<String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return None;
+    }
     let mut end = value.len().min(MAX_IDENTITY_LEN);
     while !value.is_char_boundary(end) {
         end -= 1;
     }
-    value[..end].to_string()
+    Some(value[..end].to_string())
 }
 
 /// The user agent reports a Wi-Fi connection: WeChat and Alipay mini programs append

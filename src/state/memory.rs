@@ -304,7 +304,8 @@ impl MemoryState {
         out.cluster = self.cluster(obs, &out, pointers);
 
         // Derived counters of their own: bumped when this request is the event they
-        // count, read otherwise. The (1 h, 24 h) windows are the last two of the four.
+        // count, read otherwise. Most read their (1 h, 24 h) windows, the last two of the
+        // four; new devices per IP its 1-minute one.
         let windows = |k: u64, tag: u64, bump: bool| {
             if bump {
                 self.counters.update(combine(k, tag), now, |w, _| w.bump(now))
