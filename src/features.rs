@@ -4,7 +4,7 @@
 //! mean one thing to a rule and another to the classifier.
 
 /// Bumped whenever a feature is added, removed, renamed or changes meaning.
-pub const FEATURE_SET_VERSION: &str = "rg-features-7";
+pub const FEATURE_SET_VERSION: &str = "rg-features-8";
 
 macro_rules! features {
     ($( $variant:ident => $name:literal, $window:literal, $meaning:literal; )*) => {
@@ -85,6 +85,7 @@ features! {
     UsersPerAddress24h => "users_per_address_24h", "24 h", "distinct accounts ordering to this address hash";
     SubnetsPerDevice1h => "subnets_per_device_1h", "1 h", "distinct /24 or /64 networks this device came from (IP rotation)";
     SubnetsPerDevice24h => "subnets_per_device_24h", "24 h", "distinct /24 or /64 networks this device came from";
+    DeviceLineHandoff => "device_line_handoff", "24 h", "1 when, on Wi-Fi, this device's previous account (last 24 h) was on another Wi-Fi IP: a pooled phone handed between accounts and lines; a family's shared phone changes hands on one line";
     LinkedAccounts24h => "linked_accounts_24h", "24 h", "accounts sharing this request's device, phone, payment account or address (the largest)";
     ClusterAccounts24h => "cluster_accounts_24h", "24 h", "accounts in this account's cluster: linked through shared devices, phones and payment accounts, any number of hops";
     ClusterNewAccounts1h => "cluster_new_accounts_1h", "1 h", "accounts of the cluster that joined it brand new (first seen under an hour before) in the last hour";

@@ -7,6 +7,7 @@
 //! never depends on smartcore's internal layout, and costs about a microsecond.
 
 use std::path::Path;
+use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 
@@ -99,9 +100,24 @@ pub fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
+/// `ln(1 + k)` for the whole numbers most features are (counts, flags): `ln_1p` costs
+/// about forty instructions, and the regression squashes every feature up to three
+/// times a request. The same values `ln_1p` gives, so scores do not change.
+static LN_1P_SMALL: LazyLock<[f64; 256]> = LazyLock::new(|| std::array::from_fn(|k| (k as f64).ln_1p()));
+
 /// The feature transform of the logistic regression: counts span orders of magnitude.
 pub fn squash(x: f64) -> f64 {
-    if x.is_finite() {
+    squash_with(&LN_1P_SMALL, x)
+}
+
+/// `squash` with the table already at hand (a loop over the features fetches it once).
+fn squash_with(table: &[f64; 256], x: f64) -> f64 {
+    // A whole number below 256 (and not -0.0, which squashes to -0.0): two conversions
+    // tell, where `fract` is a call into libm.
+    let k = x as u8;
+    if f64::from(k) == x && x.is_sign_positive() {
+        table[usize::from(k)]
+    } else if x.is_finite() {
         x.signum() * x.abs().ln_1p()
     } else {
         0.0
@@ -288,7 +304,15 @@ impl Model {
     pub fn raw(&self, f: &Features) -> f64 {
         let x = f.as_slice();
         match &self.compiled {
-            Compiled::Linear(l) => l.bias + l.weight.iter().zip(x).map(|(w, v)| w * squash(*v)).sum::<f64>(),
+            Compiled::Linear(l) => {
+                let table = &*LN_1P_SMALL;
+                l.bias
+                    + l.weight
+                        .iter()
+                        .zip(x)
+                        .map(|(w, v)| w * squash_with(table, *v))
+                        .sum::<f64>()
+            }
             Compiled::Forest { nodes, roots } => {
                 let mut sum = 0.0;
                 for &root in roots {
@@ -319,16 +343,56 @@ impl Model {
     /// calls this only for a request that gets reasons (a walk three times slower).
     pub fn explain(&self, f: &Features) -> Explained {
         match &self.compiled {
-            Compiled::Linear(_) => Explained {
-                score: self.score(f),
-                contributions: self.contributions(f),
-            },
+            Compiled::Linear(l) => {
+                // Each feature squashed once for both; summed in `raw`'s order, so the
+                // score is the same to the bit.
+                let table = &*LN_1P_SMALL;
+                let mut contributions = [0.0; COUNT];
+                let mut sum = 0.0;
+                for (o, ((w, m), v)) in contributions
+                    .iter_mut()
+                    .zip(l.weight.iter().zip(&l.mean).zip(f.as_slice()))
+                {
+                    let t = squash_with(table, *v);
+                    sum += w * t;
+                    *o = w * (t - m);
+                }
+                Explained {
+                    score: self.calibrated(l.bias + sum),
+                    contributions,
+                }
+            }
             Compiled::Forest { nodes, roots } => {
                 let (sum, contributions) = walk_forest(nodes, roots, f.as_slice());
                 Explained {
                     score: self.calibrated(logit(sum / roots.len() as f64)),
                     contributions,
                 }
+            }
+        }
+    }
+
+    /// The calibrated score and, when `wanted(score)`, the top `k` contributing
+    /// features: what the request path needs, at the least cost for each kind. A
+    /// regression squashes the features once for both; a forest takes the fast walk, and
+    /// the explaining one only when wanted. The same values as `score` and `explain`.
+    pub fn score_explained(&self, f: &Features, k: usize, wanted: impl FnOnce(f64) -> bool) -> (f64, Option<Top>) {
+        match &self.compiled {
+            Compiled::Linear(l) => {
+                // Squashed once; summed in `raw`'s order, so the score is the same to the bit.
+                let table = &*LN_1P_SMALL;
+                let mut t = [0.0; COUNT];
+                let mut sum = 0.0;
+                for ((t, w), v) in t.iter_mut().zip(&l.weight).zip(f.as_slice()) {
+                    *t = squash_with(table, *v);
+                    sum += w * *t;
+                }
+                let p = self.calibrated(l.bias + sum);
+                (p, wanted(p).then(|| top_by(k, |i| l.weight[i] * (t[i] - l.mean[i]))))
+            }
+            Compiled::Forest { .. } => {
+                let p = self.score(f);
+                (p, wanted(p).then(|| self.explain(f).top(k)))
             }
         }
     }
@@ -382,16 +446,28 @@ pub type Top = smallvec::SmallVec<[(Feature, f64); 11]>;
 /// The `k` largest positive, finite contributions, largest first; ties go to the
 /// earlier feature.
 fn top_of(c: &[f64; COUNT], k: usize) -> Top {
+    top_by(k, |i| c[i])
+}
+
+/// `top_of` over contributions computed on the way (`contribution(i)` for feature i).
+fn top_by(k: usize, contribution: impl Fn(usize) -> f64) -> Top {
     let mut top = Top::new();
-    for (i, &v) in c.iter().enumerate() {
-        // Most contributions are no larger than the k-th so far: skip them at once.
-        if v <= 0.0 || !v.is_finite() || (top.len() >= k && top.last().is_none_or(|(_, w)| v <= *w)) {
+    if k == 0 {
+        return top;
+    }
+    // What a contribution must beat to get in: 0 until k are in, then the k-th.
+    let mut floor = 0.0;
+    for i in 0..COUNT {
+        let v = contribution(i);
+        // Most contributions are no larger than the floor: skip them at once.
+        if v <= floor || !v.is_finite() {
             continue;
         }
         let pos = top.iter().position(|(_, w)| v > *w).unwrap_or(top.len());
-        if pos < k {
-            top.insert(pos, (features::ALL[i], v));
-            top.truncate(k);
+        top.insert(pos, (features::ALL[i], v));
+        top.truncate(k);
+        if top.len() == k {
+            floor = top[k - 1].1;
         }
     }
     top
@@ -565,8 +641,24 @@ mod tests {
                 assert_eq!(e.score.to_bits(), m.score(&f).to_bits());
                 assert_eq!(e.contributions.map(f64::to_bits), m.contributions(&f).map(f64::to_bits));
                 assert_eq!(e.top(3).into_vec(), m.top_features(&f, 3));
+                let (p, top) = m.score_explained(&f, 3, |p| p >= 0.5);
+                assert_eq!(p.to_bits(), e.score.to_bits());
+                assert_eq!(top.map(Top::into_vec), (p >= 0.5).then(|| m.top_features(&f, 3)));
             }
         }
+    }
+
+    #[test]
+    fn squash_is_the_signed_log_with_or_without_its_table() {
+        let exact = |x: f64| x.signum() * x.abs().ln_1p();
+        for k in 0..300 {
+            let x = f64::from(k);
+            assert_eq!(squash(x).to_bits(), exact(x).to_bits(), "{x}");
+            assert_eq!(squash(x + 0.5).to_bits(), exact(x + 0.5).to_bits(), "{x}.5");
+            assert_eq!(squash(-x).to_bits(), exact(-x).to_bits(), "-{x}");
+        }
+        assert_eq!(squash(f64::NAN), 0.0);
+        assert_eq!(squash(f64::INFINITY), 0.0);
     }
 
     #[test]

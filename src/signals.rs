@@ -120,6 +120,7 @@ pub async fn observe<S: StateStore>(
         },
     );
     let flag = |b: bool| f64::from(u8::from(b));
+    f.set(Feature::DeviceLineHandoff, flag(r.device_line_handoff));
     f.set(Feature::InviterOnDevice, flag(r.inviter_on_device));
     f.set(Feature::InviterOnSubnet, flag(r.inviter_on_subnet));
     f.set(Feature::ReferralRing, flag(r.referral_ring));
@@ -242,6 +243,7 @@ pub fn plan(hasher: &KeyHasher, route: &Route, signals: &SignalsConfig, ids: &Id
             .as_deref()
             .and_then(|d| device_prefix(hasher, d, signals.device_prefix_len)),
         browse: !route.scored,
+        wifi: ids.wifi,
         new_account_ms: signals.new_account_s * 1_000,
         limits,
         timeout_ms: route.state_timeout_ms,

@@ -613,7 +613,7 @@ fn both_backends_read_out_the_same_on_random_observations() {
         governor::Quota::per_hour(std::num::NonZeroU32::new(20).unwrap()),
     ];
     let mut now = 1_762_819_200_000u64;
-    let mut exercised = [0u32; 5];
+    let mut exercised = [0u32; 6];
     // The last 2,000 bring fresh devices, so that many requests are a new device's
     // first on a route, from accounts with a browsing history of any length.
     for i in 0..6_000 {
@@ -665,6 +665,7 @@ fn both_backends_read_out_the_same_on_random_observations() {
             inviter_as_user,
             device_prefix: keys[KeyKind::Device as usize].map(|d| d % 7),
             browse: rand(5) == 0,
+            wifi: rand(3) != 0,
             new_account_ms: 600_000,
             limits,
             timeout_ms: None,
@@ -677,9 +678,11 @@ fn both_backends_read_out_the_same_on_random_observations() {
         exercised[2] += u32::from(want.inviter_blind_invitees[0] > 0);
         exercised[3] += u32::from(want.cluster[0] > 1);
         exercised[4] += u32::from(want.inviter_age_ms.is_some_and(|age| age > 0));
+        exercised[5] += u32::from(want.device_line_handoff);
     }
     // The rarer paths were taken, not just compared as zeros: new devices' first
     // requests on a route (hasty ones too), blind invitees, clusters of several accounts,
-    // inviters whose account had been seen before.
+    // inviters whose account had been seen before, devices handed between accounts and
+    // Wi-Fi lines.
     assert!(exercised.iter().all(|&n| n >= 100), "{exercised:?}");
 }

@@ -845,3 +845,85 @@ fn new_phones_behind_a_carrier_nat_or_arriving_minutes_apart_are_not_a_rack() {
         assert!(!a.decision.stops(), "{:?}", a.score.reasons);
     }
 }
+
+/// One phone used by one account after another, each turn (account, IP, network) a
+/// browse and a claim, `apart_ms` between turns.
+fn phone_in_turns(w: &World, device: &str, turns: &[(&str, &str, &str)], apart_ms: u64) -> Vec<Assessment> {
+    turns
+        .iter()
+        .enumerate()
+        .map(|(i, &(user, ip, net))| {
+            let ua = format!("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5_1 like Mac OS X) MicroMessenger/8.0.49 NetType/{net} Language/zh_CN");
+            let t = i as u64 * apart_ms;
+            w.send(Req {
+                ua: &ua,
+                ..Req::browse(t, user, device, ip)
+            });
+            w.send(Req {
+                ua: &ua,
+                ..Req::claim(t + 20_000, user, device, ip)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_pooled_phone_handed_to_the_next_account_on_another_line_is_challenged() {
+    let w = World::new();
+    // A crew's phone, carried to the next aged account at another of the crew's lines.
+    let claims = phone_in_turns(
+        &w,
+        "pool-phone-1",
+        &[
+            ("aged-1", "198.18.50.11", "WIFI"),
+            ("aged-2", "198.18.50.187", "WIFI"),
+            ("aged-3", "198.18.77.42", "WIFI"),
+        ],
+        20 * 60_000,
+    );
+    let handoffs: Vec<f64> = claims.iter().map(|a| f(a, "device_line_handoff")).collect();
+    // The first account's own browse before its claim is no hand-off.
+    assert_eq!(handoffs, [0.0, 1.0, 1.0]);
+    assert!(!claims[0].decision.stops(), "{:?}", claims[0].score.reasons);
+    // The second account: a phone with two accounts in an hour, which alone a family's
+    // shared phone also is; the line it moved to is what gives it away.
+    assert_eq!(f(&claims[1], "users_per_device_1h"), 2.0);
+    assert!(
+        fired(&claims[1], "phone_passed_between_lines"),
+        "{:?}",
+        claims[1].score.reasons
+    );
+    assert_eq!(claims[1].decision, Decision::Challenge);
+    assert!(claims[2].decision.stops());
+}
+
+#[test]
+fn a_family_phone_changing_hands_at_home_or_a_phone_resold_is_not_a_pool() {
+    // A household's shared phone: both members at home, one of them also on 4G.
+    let family = World::new();
+    let claims = phone_in_turns(
+        &family,
+        "family-phone",
+        &[
+            ("mum", "198.18.60.5", "WIFI"),
+            ("son", "198.18.60.5", "WIFI"),
+            ("son", "198.19.9.77", "4G"),
+            ("mum", "198.18.60.5", "WIFI"),
+        ],
+        30 * 60_000,
+    );
+    for a in &claims {
+        assert_eq!(f(a, "device_line_handoff"), 0.0);
+        assert!(!fired(a, "phone_passed_between_lines"));
+    }
+    // A phone sold on: its new owner, at another line, more than a day after the last.
+    let resold = World::new();
+    let claims = phone_in_turns(
+        &resold,
+        "resold-phone",
+        &[("seller", "198.18.61.5", "WIFI"), ("buyer", "198.18.99.8", "WIFI")],
+        25 * 3_600_000,
+    );
+    assert_eq!(f(&claims[1], "device_line_handoff"), 0.0);
+    assert!(!claims[1].decision.stops(), "{:?}", claims[1].score.reasons);
+}

@@ -133,12 +133,46 @@ impl HeapSize for IdentityEntry {
     }
 }
 
-/// A device: its identity entry and the subnets and user agents it came with.
+/// A device: its identity entry, the subnets and user agents it came with, and the
+/// Wi-Fi lines its accounts used.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceEntry {
     id: IdentityEntry,
     subnets: DistinctSet,
     uas: DistinctSet,
+    lines: LineHandoff,
+}
+
+/// How long a device's previous account's line counts for `LineHandoff`.
+pub(crate) const HANDOFF_WINDOW_S: u32 = 86_400;
+
+/// A device's last Wi-Fi request and the last one by another account: the account and
+/// the IP (fingerprints), and when (event seconds). A family's shared phone changes
+/// hands at home, on one line; a crew's pooled phone is handed to the next account at
+/// another of the crew's lines.
+#[derive(Debug, Clone, Copy, Default)]
+struct LineHandoff {
+    user: u32,
+    ip: u32,
+    at_s: Option<u32>,
+    other_ip: u32,
+    other_at_s: Option<u32>,
+}
+
+impl LineHandoff {
+    /// A Wi-Fi request by `user` from `ip`: whether the device's previous account used
+    /// it, within `HANDOFF_WINDOW_S`, from another IP.
+    fn observe(&mut self, user: u32, ip: u32, now_s: u32) -> bool {
+        if let Some(at) = self.at_s {
+            if self.user != user {
+                (self.other_ip, self.other_at_s) = (self.ip, Some(at));
+            }
+        }
+        (self.user, self.ip) = (user, ip);
+        self.at_s = Some(self.at_s.map_or(now_s, |at| at.max(now_s)));
+        self.other_at_s
+            .is_some_and(|at| now_s.saturating_sub(at) < HANDOFF_WINDOW_S && self.other_ip != ip)
+    }
 }
 
 impl HeapSize for DeviceEntry {
@@ -268,6 +302,9 @@ impl MemoryState {
                     }
                     if let Some(fp) = ua_fp {
                         out.uas_per_device = d.uas.add(fp, now_s, DISTINCT_WINDOWS_S);
+                    }
+                    if let (true, Some(user), Some(ip)) = (obs.wifi, key(KeyKind::User), key(KeyKind::Ip)) {
+                        out.device_line_handoff = d.lines.observe(fingerprint(user), fingerprint(ip), now_s);
                     }
                     t
                 }),
@@ -598,6 +635,7 @@ mod tests {
             inviter_as_user: None,
             device_prefix: None,
             browse: false,
+            wifi: false,
             new_account_ms: 600_000,
             limits: smallvec![],
             timeout_ms: None,
@@ -686,5 +724,22 @@ mod tests {
             1,
             "only the second account limit is in the table"
         );
+    }
+
+    #[test]
+    fn line_handoff_compares_the_previous_accounts_line() {
+        let mut l = LineHandoff::default();
+        // (account, IP, second) → whether the device's previous account was elsewhere.
+        let mut at = |user, ip, s| l.observe(user, ip, s);
+        assert!(!at(1, 10, 100), "a device's first account");
+        assert!(!at(1, 11, 200), "one account moving between lines is not a hand-off");
+        assert!(!at(2, 11, 300), "the next account on the line the last one used");
+        assert!(at(3, 12, 400), "account 2 was on line 11");
+        assert!(at(3, 13, 500), "still account 2's line to compare with");
+        assert!(at(1, 12, 600), "account 3 was last on line 13");
+        // A late event (seconds go back) compares, and does not move the clock back.
+        assert!(at(2, 10, 590));
+        assert!(!at(4, 10, 590 + HANDOFF_WINDOW_S), "account 2, on the same line");
+        assert!(!at(5, 20, 600 + 2 * HANDOFF_WINDOW_S), "account 4 was over a day ago");
     }
 }

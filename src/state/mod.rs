@@ -40,6 +40,7 @@ pub(crate) const TAG_HASTY: u64 = 0xBA;
 pub(crate) const TAG_NEW_FIRST: u64 = 0xBB;
 pub(crate) const TAG_BLIND_INVITEES: u64 = 0xBC;
 pub(crate) const TAG_IP_NEW_DEVICES: u64 = 0xBD;
+pub(crate) const TAG_LINES: u64 = 0xBE;
 
 /// A member's fingerprint in a distinct set: the top half of its key.
 pub(crate) fn fingerprint(key: u64) -> u32 {
@@ -137,6 +138,9 @@ pub struct Observation {
     pub device_prefix: Option<u64>,
     /// A browsing request: it feeds the account's funnel counter.
     pub browse: bool,
+    /// The request came over Wi-Fi (`extract::on_wifi`): its IP is a fixed line, not a
+    /// carrier's, so a device moving between such IPs moved between places.
+    pub wifi: bool,
     /// How young an account must be to count as brand new when it assists an inviter.
     pub new_account_ms: u64,
     pub limits: SmallVec<[LimitCheck; 4]>,
@@ -188,6 +192,8 @@ pub struct Readout {
     pub prefix_new_devices: [u32; 2],
     /// Devices first seen from this client IP, over 1 min.
     pub ip_new_devices: u32,
+    /// On Wi-Fi: the device's last other account (within 24 h) was on another Wi-Fi IP.
+    pub device_line_handoff: bool,
     /// Distinct user-agent strings this device sent.
     pub uas_per_device: [u32; 2],
     /// Only for a new device's first request on this route (else zeros), over 1 h: new

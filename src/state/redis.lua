@@ -10,7 +10,8 @@
 -- none), 14 inviter fingerprint, 15 user fingerprint, 16 subnet fingerprint,
 -- 17 number of limits, then per limit its emission interval and burst tolerance in us,
 -- then the id a new cluster gets (16 hex digits), the campaign x route fingerprint ('' =
--- none), the user agent's fingerprint, the key prefix, and last the key seed.
+-- none), the user agent's fingerprint, the key prefix, the client IP's fingerprint, and
+-- last the key seed.
 
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
@@ -28,6 +29,7 @@ local new_cluster_id = ARGV[after_limits + 1]
 local claim_fp = ARGV[after_limits + 2]
 local ua_fp = ARGV[after_limits + 3]
 local prefix = ARGV[after_limits + 4]
+local ip_fp = ARGV[after_limits + 5]
 
 -- The last key is the deployment's key seed (the last ARGV its value): every request
 -- keeps it alive as long as the state it keys, so once it has expired so has
@@ -538,11 +540,33 @@ else
   push({0})
 end
 
--- Slots 42-: GCRA cells (governor's algorithm) in microseconds of event time:
+-- Slot 42 (a Wi-Fi request with an account): the device's Wi-Fi lines (memory.rs
+-- `LineHandoff`): the last account, its IP and second, whether another account came
+-- before it, and that one's IP and second.
+local HFMT = '<I4I4I4I4I4I4'
+local handoff = 0
+if slot[42] then
+  local u, ip = tonumber(user_fp), tonumber(ip_fp)
+  local last_u, last_ip, last_s, has_other, other_ip, other_s = 0, 0, 0, 0, 0, 0
+  local v = cache[slot[42]]
+  if v then
+    last_u, last_ip, last_s, has_other, other_ip, other_s = struct.unpack(HFMT, v)
+    if last_u ~= u then
+      has_other, other_ip, other_s = 1, last_ip, last_s
+    end
+  end
+  if has_other == 1 and now_s - other_s < 86400 and other_ip ~= ip then
+    handoff = 1
+  end
+  store(slot[42], struct.pack(HFMT, u, ip, math.max(now_s, last_s), has_other, other_ip, other_s))
+end
+push({handoff})
+
+-- Slots 43-: GCRA cells (governor's algorithm) in microseconds of event time:
 -- 0 = allowed, otherwise the wait in ms.
 local now_us = now * 1000
 for i = 1, nlimits do
-  local key = slot[41 + i]
+  local key = slot[42 + i]
   local t = tonumber(ARGV[16 + 2 * i])
   local tau = tonumber(ARGV[17 + 2 * i])
   local tat = tonumber(cache[key]) or now_us

@@ -40,15 +40,15 @@ use super::memory::{new_cluster_id, MemoryState};
 use super::{
     combine, fingerprint, KeyKind, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats, COUNTED,
     DISTINCT, TAG_ASSISTED, TAG_BLIND_INVITEES, TAG_BROWSE, TAG_CLUSTER, TAG_HASTY, TAG_INVITEE_SUBNETS,
-    TAG_IP_NEW_DEVICES, TAG_NEW_DEVICES, TAG_NEW_FIRST, TAG_NEW_INVITEES, TAG_NEW_USERS, TAG_PREFIX_NEW_DEVICES,
-    TAG_SUBNETS, TAG_UAS,
+    TAG_IP_NEW_DEVICES, TAG_LINES, TAG_NEW_DEVICES, TAG_NEW_FIRST, TAG_NEW_INVITEES, TAG_NEW_USERS,
+    TAG_PREFIX_NEW_DEVICES, TAG_SUBNETS, TAG_UAS,
 };
 use crate::config::StateConfig;
 
 const SCRIPT: &str = include_str!("redis.lua");
 
 /// Fixed slots of the script before the limit cells (see `redis.lua`).
-const FIXED_SLOTS: usize = 41;
+const FIXED_SLOTS: usize = 42;
 
 /// After a failed call (or `TIMEOUTS_BEFORE_SKIPPING` timeouts in a row), requests
 /// skip Redis for this long and degrade at once, so that an outage costs one failed call
@@ -295,7 +295,14 @@ impl RedisState {
         slots.push(referral.map(|(_, inviter_user, _)| self.key('e', inviter_user)));
         // 41: devices first seen from this client IP (1 min).
         slots.push(derived(key(KeyKind::Ip), TAG_IP_NEW_DEVICES));
-        // 42-: limit cells.
+        // 42: the device's Wi-Fi lines, for a Wi-Fi request with an account.
+        slots.push(
+            match (key(KeyKind::Device), key(KeyKind::User), key(KeyKind::Ip), obs.wifi) {
+                (Some(device), Some(_), Some(_), true) => Some(self.key('m', combine(device, TAG_LINES))),
+                _ => None,
+            },
+        );
+        // 43-: limit cells.
         for l in &obs.limits {
             slots.push(Some(self.key('l', l.key)));
         }
@@ -328,7 +335,8 @@ impl RedisState {
         inv.arg(format!("{:016x}", new_cluster_id(obs)))
             .arg(campaign.unwrap_or_default())
             .arg(fp(key(KeyKind::UserAgent)))
-            .arg(&self.prefix);
+            .arg(&self.prefix)
+            .arg(fp(key(KeyKind::Ip)));
         inv.arg(self.seed.to_string());
         inv
     }
@@ -388,7 +396,7 @@ impl RedisState {
 
 /// The script's flat reply → a `Readout`.
 fn readout(v: &[i64], limits: usize) -> Result<Readout, StateError> {
-    const FIXED: usize = 32 + 16 + 4 + 2 + 6 + 2 + 2 + 2 + 4 + 2 + 3 + 2 + 2 + 4 + 2 + 1 + 1;
+    const FIXED: usize = 32 + 16 + 4 + 2 + 6 + 2 + 2 + 2 + 4 + 2 + 3 + 2 + 2 + 4 + 2 + 1 + 1 + 1;
     if v.len() != FIXED + limits {
         return Err(StateError::Unavailable(format!(
             "the state script answered {} values, expected {}",
@@ -433,7 +441,8 @@ fn readout(v: &[i64], limits: usize) -> Result<Readout, StateError> {
     r.inviter_blind_invitees = pair(i + 13);
     r.inviter_age_ms = age(i + 15);
     r.ip_new_devices = n(i + 16);
-    i += 17;
+    r.device_line_handoff = v[i + 17] != 0;
+    i += 18;
     r.limits = v[i..]
         .iter()
         .map(|ms| match *ms {
@@ -485,7 +494,7 @@ mod tests {
 
     #[test]
     fn readout_layout_round_trips() {
-        let mut v: Vec<i64> = (0..87).collect();
+        let mut v: Vec<i64> = (0..88).collect();
         v[48] = -1; // no account
         v.push(0);
         v.push(1_500);
@@ -498,6 +507,7 @@ mod tests {
         assert_eq!(r.inviter_blind_invitees, [83, 84]);
         assert_eq!(r.inviter_age_ms, Some(85));
         assert_eq!(r.ip_new_devices, 86);
+        assert!(r.device_line_handoff);
         assert_eq!(r.counts[0], [0, 1, 2, 3]);
         assert_eq!(r.counts[7], [28, 29, 30, 31]);
         assert_eq!(r.distinct[0], [32, 33]);
