@@ -154,11 +154,11 @@ async fn handle_routed<S: StateStore>(
         gw.offenders.record(&assessment.identities, event.ts_ms);
     }
     if let Some(audit) = &gw.audit {
-        // Serialising a record cannot fail: every field is plain data.
         let mut line = Vec::with_capacity(AUDIT_LINE_CAPACITY);
-        if serde_json::to_writer(&mut line, &assessment.record(rt, &event, request_id, gw.capture_events)).is_ok() {
-            audit.record(line);
-        }
+        assessment
+            .record(rt, &event, request_id, gw.capture_events)
+            .write_json(&mut line);
+        audit.record(line);
     }
     debug!(route = %route.name, decision = assessment.decision.as_str(), score = assessment.score.value, "decided");
     if let Some(kind) = assessment.respond {

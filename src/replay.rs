@@ -125,8 +125,9 @@ impl Replayer {
     /// The record of one event; unrouted events get an `unmatched` record so that the
     /// output has exactly one line per input line.
     fn write_record(&self, out: &mut impl Write, event: &Event, a: Option<&Assessment>, id: &str) -> io::Result<()> {
+        let mut line = Vec::with_capacity(512);
         match a {
-            Some(a) => serde_json::to_writer(&mut *out, &a.record(&self.rt, event, id, false))?,
+            Some(a) => a.record(&self.rt, event, id, false).write_json(&mut line),
             None => {
                 let identities = extract::identities(&self.unrouted, event, &self.rt.server.trusted_proxies);
                 let record = DecisionRecord {
@@ -143,10 +144,11 @@ impl Replayer {
                     label: event.label.as_ref(),
                     event: None,
                 };
-                serde_json::to_writer(&mut *out, &record)?;
+                record.write_json(&mut line);
             }
         }
-        out.write_all(b"\n")
+        line.push(b'\n');
+        out.write_all(&line)
     }
 }
 
