@@ -161,6 +161,26 @@ struct Linear {
     bias: f64,
 }
 
+impl Linear {
+    /// Every feature squashed once, and the log-odds from them: what the score, the
+    /// contributions and the reasons all read, so they agree to the bit.
+    fn terms(&self, x: &[f64]) -> ([f64; COUNT], f64) {
+        let table = &*LN_1P_SMALL;
+        let mut t = [0.0; COUNT];
+        let mut sum = 0.0;
+        for ((t, w), v) in t.iter_mut().zip(&self.weight).zip(x) {
+            *t = squash_with(table, *v);
+            sum += w * *t;
+        }
+        (t, self.bias + sum)
+    }
+
+    /// Feature `i`'s contribution, from its squashed value `t`.
+    fn contribution(&self, i: usize, t: f64) -> f64 {
+        self.weight[i] * (t - self.mean[i])
+    }
+}
+
 /// A loaded model, ready for the request path.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Model {
@@ -304,15 +324,7 @@ impl Model {
     pub fn raw(&self, f: &Features) -> f64 {
         let x = f.as_slice();
         match &self.compiled {
-            Compiled::Linear(l) => {
-                let table = &*LN_1P_SMALL;
-                l.bias
-                    + l.weight
-                        .iter()
-                        .zip(x)
-                        .map(|(w, v)| w * squash_with(table, *v))
-                        .sum::<f64>()
-            }
+            Compiled::Linear(l) => l.terms(x).1,
             Compiled::Forest { nodes, roots } => {
                 let mut sum = 0.0;
                 for &root in roots {
@@ -344,22 +356,10 @@ impl Model {
     pub fn explain(&self, f: &Features) -> Explained {
         match &self.compiled {
             Compiled::Linear(l) => {
-                // Each feature squashed once for both; summed in `raw`'s order, so the
-                // score is the same to the bit.
-                let table = &*LN_1P_SMALL;
-                let mut contributions = [0.0; COUNT];
-                let mut sum = 0.0;
-                for (o, ((w, m), v)) in contributions
-                    .iter_mut()
-                    .zip(l.weight.iter().zip(&l.mean).zip(f.as_slice()))
-                {
-                    let t = squash_with(table, *v);
-                    sum += w * t;
-                    *o = w * (t - m);
-                }
+                let (t, z) = l.terms(f.as_slice());
                 Explained {
-                    score: self.calibrated(l.bias + sum),
-                    contributions,
+                    score: self.calibrated(z),
+                    contributions: std::array::from_fn(|i| l.contribution(i, t[i])),
                 }
             }
             Compiled::Forest { nodes, roots } => {
@@ -379,16 +379,9 @@ impl Model {
     pub fn score_explained(&self, f: &Features, k: usize, wanted: impl FnOnce(f64) -> bool) -> (f64, Option<Top>) {
         match &self.compiled {
             Compiled::Linear(l) => {
-                // Squashed once; summed in `raw`'s order, so the score is the same to the bit.
-                let table = &*LN_1P_SMALL;
-                let mut t = [0.0; COUNT];
-                let mut sum = 0.0;
-                for ((t, w), v) in t.iter_mut().zip(&l.weight).zip(f.as_slice()) {
-                    *t = squash_with(table, *v);
-                    sum += w * *t;
-                }
-                let p = self.calibrated(l.bias + sum);
-                (p, wanted(p).then(|| top_by(k, |i| l.weight[i] * (t[i] - l.mean[i]))))
+                let (t, z) = l.terms(f.as_slice());
+                let p = self.calibrated(z);
+                (p, wanted(p).then(|| top_by(k, |i| l.contribution(i, t[i]))))
             }
             Compiled::Forest { .. } => {
                 let p = self.score(f);
@@ -404,16 +397,13 @@ impl Model {
     /// averaged over trees; same cost as a prediction.
     pub fn contributions(&self, f: &Features) -> [f64; COUNT] {
         let x = f.as_slice();
-        let mut out = [0.0; COUNT];
         match &self.compiled {
             Compiled::Linear(l) => {
-                for (o, ((w, m), v)) in out.iter_mut().zip(l.weight.iter().zip(&l.mean).zip(x)) {
-                    *o = w * (squash(*v) - m);
-                }
+                let (t, _) = l.terms(x);
+                std::array::from_fn(|i| l.contribution(i, t[i]))
             }
-            Compiled::Forest { nodes, roots } => out = walk_forest(nodes, roots, x).1,
+            Compiled::Forest { nodes, roots } => walk_forest(nodes, roots, x).1,
         }
-        out
     }
 
     /// The `k` features that pushed the score up most (positive contributions only),

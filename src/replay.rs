@@ -122,12 +122,20 @@ impl Replayer {
         Ok(a)
     }
 
-    /// The record of one event; unrouted events get an `unmatched` record so that the
-    /// output has exactly one line per input line.
-    fn write_record(&self, out: &mut impl Write, event: &Event, a: Option<&Assessment>, id: &str) -> io::Result<()> {
-        let mut line = Vec::with_capacity(512);
+    /// The record of one event, built in `line` (reused from record to record); unrouted
+    /// events get an `unmatched` record so that the output has exactly one line per
+    /// input line.
+    fn write_record(
+        &self,
+        out: &mut impl Write,
+        line: &mut Vec<u8>,
+        event: &Event,
+        a: Option<&Assessment>,
+        id: &str,
+    ) -> io::Result<()> {
+        line.clear();
         match a {
-            Some(a) => a.record(&self.rt, event, id, false).write_json(&mut line),
+            Some(a) => a.record(&self.rt, event, id, false).write_json(line),
             None => {
                 let identities = extract::identities(&self.unrouted, event, &self.rt.server.trusted_proxies);
                 let record = DecisionRecord {
@@ -144,11 +152,11 @@ impl Replayer {
                     label: event.label.as_ref(),
                     event: None,
                 };
-                record.write_json(&mut line);
+                record.write_json(line);
             }
         }
         line.push(b'\n');
-        out.write_all(&line)
+        out.write_all(line)
     }
 }
 
@@ -162,6 +170,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
         .transpose()?;
     let input = open_input(&opts.input)?;
     let mut output = open_output(&opts.output)?;
+    let mut record = Vec::with_capacity(512);
     let mut summary = Tally::default();
     let mut diff = baseline.as_ref().map(|_| Diff::default());
     let mut baseline_tally = Tally::default();
@@ -204,7 +213,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
             .unwrap_or_else(|| format!("line-{line_no}"));
         let a = current.assess(&event)?;
         current
-            .write_record(&mut output, &event, a.as_ref(), &id)
+            .write_record(&mut output, &mut record, &event, a.as_ref(), &id)
             .context("writing decision records")?;
         let (route, decision, reasons, scored) = describe(&current.rt, a.as_ref());
         summary.add(route, decision, reasons, event.label.as_ref(), scored);

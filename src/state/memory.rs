@@ -144,7 +144,7 @@ pub struct DeviceEntry {
 }
 
 /// How long a device's previous account's line counts for `LineHandoff`.
-pub(crate) const HANDOFF_WINDOW_S: u32 = 86_400;
+const HANDOFF_WINDOW_S: u32 = 86_400;
 
 /// A device's last Wi-Fi request and the last one by another account: the account and
 /// the IP (fingerprints), and when (event seconds). A family's shared phone changes
