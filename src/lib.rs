@@ -11,6 +11,8 @@ pub mod demo;
 pub mod event;
 pub mod expr;
 pub mod extract;
+#[cfg(unix)]
+pub mod fd_table;
 pub mod features;
 pub mod metrics;
 pub mod model;

@@ -147,7 +147,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             scenario,
         } => {
             init_logging(LogFormat::Text, "warn");
+            // While this is the only thread: `fd_table`.
+            let fds = riskgate::fd_table::prepare();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            report_fds(fds);
             let opts = riskgate::demo::Options {
                 duration: std::time::Duration::from_secs(duration.max(1)),
                 seed,
@@ -165,6 +168,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             shadow,
             state,
         } => {
+            // While this is the only thread: `fd_table`.
+            let fds = riskgate::fd_table::prepare();
             let rt = serve_runtime()?;
             rt.block_on(async move {
                 let overrides = Overrides {
@@ -180,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .map(|f| f.log)
                     .unwrap_or_default();
                 init_logging(log.format, &log.level);
+                report_fds(fds);
                 let running = server::start_on(config, overrides, state).await?;
                 let stop = running.stopper();
                 tokio::spawn(async move {
@@ -192,6 +198,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
+    }
+}
+
+fn report_fds(p: riskgate::fd_table::Prepared) {
+    if p.room == 0 {
+        tracing::warn!(
+            open_files_limit = p.limit,
+            "cannot grow the descriptor table up front; it grows on demand"
+        );
+    } else {
+        tracing::info!(
+            open_files_limit = p.limit,
+            raised_from = p.limit_before,
+            descriptor_room = p.room,
+            "descriptor table prepared"
+        );
     }
 }
 

@@ -23,7 +23,10 @@ pub mod workload;
 /// The servers' runtime: multi-threaded with `workers` workers, the plain set-up a hyper
 /// server starts with. (riskgate with one worker runs a current-thread runtime instead;
 /// `current_thread` gives the pass-through the same, for comparison: BENCHMARKS.md.)
+/// Like riskgate, each grows its descriptor table first (`riskgate::fd_table`), so that
+/// no server of the bench stalls on the kernel when its connections first multiply.
 pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    riskgate::fd_table::prepare();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers.max(1))
         .enable_all()
@@ -32,5 +35,6 @@ pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 
 /// A single-threaded runtime.
 pub fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    riskgate::fd_table::prepare();
     tokio::runtime::Builder::new_current_thread().enable_all().build()
 }

@@ -123,6 +123,8 @@ fn real_main(a: Args) -> Result<ExitCode, String> {
         connections: a.connections,
         timeout: Duration::from_millis(a.timeout_ms.max(1)),
     };
+    // Its 200-odd connections open at once: no stall on the kernel's table growth.
+    riskgate::fd_table::prepare();
     let rt = if a.threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {

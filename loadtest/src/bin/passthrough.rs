@@ -32,7 +32,9 @@ fn main() -> anyhow::Result<()> {
             listener.local_addr()?,
             args.upstream
         );
-        loadtest::servers::passthrough(listener, args.upstream).await;
+        // On a worker, not the thread that blocks on this future: accepts must not wait
+        // for a second thread to be scheduled on a busy core.
+        tokio::spawn(loadtest::servers::passthrough(listener, args.upstream)).await?;
         Ok(())
     })
 }

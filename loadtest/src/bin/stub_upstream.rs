@@ -17,7 +17,10 @@ fn main() -> anyhow::Result<()> {
     loadtest::runtime(args.workers)?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
         eprintln!("stub-upstream listening on {}", listener.local_addr()?);
-        loadtest::servers::stub(listener).await;
+        // On the worker, not on the thread that blocks on this future: a new connection
+        // is then accepted by the thread that serves it, not by a second thread that
+        // must first be scheduled on the (busy) core.
+        tokio::spawn(loadtest::servers::stub(listener)).await?;
         Ok(())
     })
 }
