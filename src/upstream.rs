@@ -106,13 +106,15 @@ impl Pool {
         mut req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, Error> {
         // Idle connections first; each can fail only by not sending, then the next.
-        while let Some(mut sender) = self.checkout(authority) {
+        let (host, mut idle) = self.checkout(authority);
+        while let Some(mut sender) = idle {
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.pooled(authority, sender, resp)),
+                Ok(resp) => return Ok(self.pooled(host, sender, resp)),
                 Err(mut e) => match e.take_message() {
                     Some(back) => {
                         debug!(error = %e.error(), "idle upstream connection unusable; trying another");
                         req = back;
+                        idle = self.checkout(authority).1;
                     }
                     None => return Err(Error::Request(e.into_error())),
                 },
@@ -120,16 +122,27 @@ impl Pool {
         }
         let mut sender = self.connect(authority).await?;
         match sender.send_request(req).await {
-            Ok(resp) => Ok(self.pooled(authority, sender, resp)),
+            Ok(resp) => Ok(self.pooled(host, sender, resp)),
             Err(e) => Err(Error::Request(e)),
         }
     }
 
-    /// The most recently used ready connection to `authority`, if any. Closed and
+    /// `authority`'s place in the pool (made on first use; hosts are never removed, so
+    /// it stays valid), and its most recently used ready connection, if any. Closed and
     /// expired ones are dropped; busy ones (still finishing a body) stay.
-    fn checkout(&self, authority: &str) -> Option<SendRequest<ProxyBody>> {
+    fn checkout(&self, authority: &str) -> (usize, Option<SendRequest<ProxyBody>>) {
         let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        let host = hosts.iter_mut().find(|h| h.authority == authority)?;
+        let at = match hosts.iter().position(|h| h.authority == authority) {
+            Some(at) => at,
+            None => {
+                hosts.push(Host {
+                    authority: authority.to_string(),
+                    idle: Vec::new(),
+                });
+                hosts.len() - 1
+            }
+        };
+        let host = &mut hosts[at];
         let now = Instant::now();
         let mut i = host.idle.len();
         while i > 0 {
@@ -140,28 +153,19 @@ impl Pool {
                 continue;
             }
             if entry.sender.is_ready() {
-                return Some(host.idle.swap_remove(i).sender);
+                return (at, Some(host.idle.swap_remove(i).sender));
             }
         }
-        None
+        (at, None)
     }
 
-    /// Puts a connection back, unless the upstream already has enough idle ones.
-    fn checkin(&self, authority: &str, sender: SendRequest<ProxyBody>) {
+    /// Puts a connection back to host `at`, unless it already has enough idle ones.
+    fn checkin(&self, at: usize, sender: SendRequest<ProxyBody>) {
         if sender.is_closed() {
             return;
         }
         let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        let host = match hosts.iter().position(|h| h.authority == authority) {
-            Some(i) => &mut hosts[i],
-            None => {
-                hosts.push(Host {
-                    authority: authority.to_string(),
-                    idle: Vec::new(),
-                });
-                hosts.last_mut().expect("just pushed")
-            }
-        };
+        let Some(host) = hosts.get_mut(at) else { return };
         if host.idle.len() < self.settings.max_idle_per_host {
             host.idle.push(Idle {
                 sender,
@@ -207,14 +211,14 @@ impl Pool {
 
     fn pooled(
         self: &Arc<Self>,
-        authority: &str,
+        host: usize,
         sender: SendRequest<ProxyBody>,
         resp: Response<Incoming>,
     ) -> Response<ProxyBody> {
         resp.map(|body| {
             let body = PooledBody {
                 inner: body,
-                home: Some((sender, Arc::downgrade(self), authority.to_string())),
+                home: Some((sender, Arc::downgrade(self), host)),
             };
             http_body_util::BodyExt::boxed(body)
         })
@@ -224,14 +228,15 @@ impl Pool {
 /// A response body that returns its connection to the pool once read to the end.
 struct PooledBody {
     inner: Incoming,
-    home: Option<(SendRequest<ProxyBody>, Weak<Pool>, String)>,
+    /// The connection, its pool and its host's place there (no string per request).
+    home: Option<(SendRequest<ProxyBody>, Weak<Pool>, usize)>,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let Some((sender, pool, authority)) = self.home.take() {
+        if let Some((sender, pool, host)) = self.home.take() {
             if let Some(pool) = pool.upgrade() {
-                pool.checkin(&authority, sender);
+                pool.checkin(host, sender);
             }
         }
     }
