@@ -69,6 +69,7 @@ impl Expr {
             .iter()
             .filter_map(|op| match op {
                 Op::Load(i) => Some(*i),
+                Op::Compare(i, _, _) => Some(*i as usize),
                 _ => None,
             })
             .collect();
@@ -95,6 +96,10 @@ impl Expr {
 
     /// True when eval is non-zero and not NaN.
     pub fn matches(&self, values: &[f64]) -> bool {
+        // Most rules are one comparison of a feature with a number: no interpreter.
+        if let [Op::Compare(i, b, c)] = *self.code {
+            return truthy(b.apply(load(values, i as usize), c));
+        }
         truthy(self.eval(values))
     }
 
@@ -121,9 +126,11 @@ impl Expr {
                     sp += 1;
                 }
                 Op::Load(i) => {
-                    // Out-of-range reads 0.0 so a mismatched feature table degrades
-                    // instead of taking the request path down.
-                    stack[sp] = values.get(i).copied().unwrap_or(0.0);
+                    stack[sp] = load(values, i);
+                    sp += 1;
+                }
+                Op::Compare(i, b, c) => {
+                    stack[sp] = b.apply(load(values, i as usize), c);
                     sp += 1;
                 }
                 Op::Unary(u) => {
@@ -156,10 +163,20 @@ impl Expr {
     }
 }
 
+/// Out-of-range reads 0.0 so a mismatched feature table degrades instead of taking the
+/// request path down.
+#[inline(always)]
+fn load(values: &[f64], i: usize) -> f64 {
+    values.get(i).copied().unwrap_or(0.0)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Op {
     Const(f64),
     Load(usize),
+    /// `Load(i) Const(c) Binary(cmp)` in one step (`feature >= 4`, the shape of most
+    /// rules): a third of the dispatches. The index is u32 to keep ops 16 bytes.
+    Compare(u32, Bin, f64),
     Unary(Un),
     Binary(Bin),
     /// Left operand of `&&` is on top: if falsy it becomes the result (0.0) and control
@@ -207,6 +224,10 @@ enum Bin {
 }
 
 impl Bin {
+    fn compares(self) -> bool {
+        matches!(self, Bin::Lt | Bin::Le | Bin::Gt | Bin::Ge | Bin::Eq | Bin::Ne)
+    }
+
     #[inline(always)]
     fn apply(self, a: f64, b: f64) -> f64 {
         match self {
@@ -489,7 +510,7 @@ impl<F: Fn(&str) -> Option<usize>> Parser<F> {
 
     fn emit(&mut self, op: Op) -> PResult {
         match op {
-            Op::Const(_) | Op::Load(_) => {
+            Op::Const(_) | Op::Load(_) | Op::Compare(..) => {
                 self.height += 1;
                 if self.height > MAX_STACK {
                     return Err(syntax(self.tok.col, "expression nested too deeply".to_string()));
@@ -503,19 +524,30 @@ impl<F: Fn(&str) -> Option<usize>> Parser<F> {
         // trailing `Const` past the barrier is exactly the whole operand.
         let n = self.code.len();
         match op {
-            Op::Unary(u) if n > self.barrier => {
-                if let Op::Const(x) = self.code[n - 1] {
+            Op::Unary(u) if n > self.barrier => match self.code[n - 1] {
+                Op::Const(x) => {
                     self.code[n - 1] = Op::Const(u.apply(x));
                     return Ok(());
                 }
-            }
-            Op::Binary(b) if n >= self.barrier + 2 => {
-                if let [Op::Const(x), Op::Const(y)] = self.code[n - 2..] {
+                // A comparison is already 1.0 or 0.0.
+                Op::Compare(..) if u == Un::Truthy => return Ok(()),
+                _ => {}
+            },
+            Op::Binary(b) if n >= self.barrier + 2 => match self.code[n - 2..] {
+                [Op::Const(x), Op::Const(y)] => {
                     self.code.truncate(n - 2);
                     self.code.push(Op::Const(b.apply(x, y)));
                     return Ok(());
                 }
-            }
+                [Op::Load(i), Op::Const(c)] if b.compares() => {
+                    if let Ok(i) = u32::try_from(i) {
+                        self.code.truncate(n - 2);
+                        self.code.push(Op::Compare(i, b, c));
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            },
             _ => {}
         }
         self.code.push(op);
@@ -987,6 +1019,72 @@ mod tests {
         assert_eq!(e.eval(&[5.0]), 3.0);
         let e = compile_with("(a && 0) * 4 + 1", &["a"]).unwrap();
         assert_eq!(e.eval(&[5.0]), 1.0);
+    }
+
+    #[test]
+    fn a_comparison_with_a_number_is_one_step() {
+        let e = compile_with("a >= 4", &["a"]).unwrap();
+        assert!(matches!(*e.code, [Op::Compare(0, Bin::Ge, c)] if c == 4.0));
+        assert_eq!(e.features(), vec![0]);
+        // `&&` keeps no `Truthy` after a comparison: it is already 1.0 or 0.0.
+        let e = compile_with("a >= 2 && b == 1", &["a", "b"]).unwrap();
+        assert_eq!(e.code.len(), 3);
+        assert!(e.matches(&[2.0, 1.0]) && !e.matches(&[2.0, 0.0]) && !e.matches(&[1.0, 1.0]));
+        // NaN and out-of-range reads behave as through the interpreter.
+        let e = Expr::compile("x != 1", |_| Some(7)).unwrap();
+        assert!(e.matches(&[]), "out of range reads 0");
+        let v = &[("n", f64::NAN)];
+        check("n > 1", v, 0.0);
+        check("n != 1", v, 1.0);
+        check("!(n < 1)", v, 1.0);
+    }
+
+    /// Every expression evaluates as it does with each feature written `(x + 0)`, which
+    /// is the same number but keeps the comparison out of the fused step.
+    #[test]
+    fn fused_comparisons_agree_with_the_interpreter() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let names = ["a", "b", "c"];
+        let ops = ["<", "<=", ">", ">=", "==", "!="];
+        let numbers = [0.0, 1.0, 2.5, -1.0];
+        let atom = |rng: &mut rand_chacha::ChaCha8Rng, bare: bool| {
+            let f = names[rng.random_range(0..3)];
+            let f = if bare { f.to_string() } else { format!("({f} + 0)") };
+            format!(
+                "{f} {} {}",
+                ops[rng.random_range(0..6)],
+                numbers[rng.random_range(0..4)]
+            )
+        };
+        let specials = [0.0, -0.0, 1.0, 2.5, -1.0, 3.0, f64::NAN, f64::INFINITY];
+        for _ in 0..500 {
+            let terms = rng.random_range(1..5);
+            let seed: u64 = rng.random();
+            let build = |bare: bool| {
+                let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                let mut src = atom(&mut r, bare);
+                for _ in 1..terms {
+                    let joint = ["&&", "||"][r.random_range(0..2)];
+                    let negate = if r.random_bool(0.3) { "!" } else { "" };
+                    src = format!("{negate}({src}) {joint} {}", atom(&mut r, bare));
+                }
+                src
+            };
+            let (fused, unfused) = (build(true), build(false));
+            let (ef, ep) = (
+                compile_with(&fused, &names).unwrap(),
+                compile_with(&unfused, &names).unwrap(),
+            );
+            assert!(ef.code.iter().any(|op| matches!(op, Op::Compare(..))), "{fused}");
+            assert!(!ep.code.iter().any(|op| matches!(op, Op::Compare(..))), "{unfused}");
+            for _ in 0..8 {
+                let vals: Vec<f64> = (0..3).map(|_| specials[rng.random_range(0..specials.len())]).collect();
+                let (f, p) = (ef.eval(&vals), ep.eval(&vals));
+                assert!(f == p || (f.is_nan() && p.is_nan()), "{fused} at {vals:?}: {f} vs {p}");
+                assert_eq!(ef.matches(&vals), ep.matches(&vals), "{fused} at {vals:?}");
+            }
+        }
     }
 
     #[test]
