@@ -12,6 +12,18 @@ fn riskgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_riskgate"))
 }
 
+/// A spawned gateway that is killed if the test fails before stopping it.
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn check_config_summarises_the_default_config() {
     let out = riskgate()
@@ -85,7 +97,7 @@ fn serve_honours_its_flags_reloads_on_sighup_and_drains_on_sigterm() {
     // Polling is off (an hour), so only SIGHUP can reload.
     let cfg = ConfigDir::new(&small_config("").replace("reload_poll_ms = 50", "reload_poll_ms = 3600000"));
     let (port, admin_port) = (free_port(), free_port());
-    let mut child = riskgate()
+    let child = riskgate()
         .arg("serve")
         .arg("--config")
         .arg(cfg.path())
@@ -99,12 +111,24 @@ fn serve_honours_its_flags_reloads_on_sighup_and_drains_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut child = Served(child);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let c = client();
     rt.block_on(async {
         let up_now = eventually(|| std::net::TcpStream::connect(addr).is_ok()).await;
         assert!(up_now, "gateway listens");
+        // Its descriptor table was grown before its threads started (`fd_table`), to the
+        // hard open-files limit (which it inherits from us) or 64 Ki, whichever is less.
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).unwrap();
+        let fd_size: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("FDSize:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("FDSize in /proc/PID/status");
+        let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+        let want = hard.unwrap_or(u64::MAX).min(riskgate::fd_table::MAX_PREPARED);
+        assert!(fd_size >= want, "FDSize {fd_size}, expected at least {want}");
         // --shadow: a request without a device id under a strict rule is still forwarded.
         let a = send(
             &c,
@@ -123,7 +147,7 @@ fn serve_honours_its_flags_reloads_on_sighup_and_drains_on_sigterm() {
                 .replace("reload_poll_ms = 50", "reload_poll_ms = 3600000"),
         );
         let status = Command::new("kill")
-            .args(["-HUP", &child.id().to_string()])
+            .args(["-HUP", &child.0.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
@@ -151,12 +175,12 @@ fn serve_honours_its_flags_reloads_on_sighup_and_drains_on_sigterm() {
         assert_eq!(seen.last().unwrap().header("x-risk-decision"), Some("review"));
     });
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     let mut exited = None;
     for _ in 0..200 {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             exited = Some(status);
             break;
         }
