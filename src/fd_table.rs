@@ -6,12 +6,13 @@
 //! one-worker runtime every request waits with it. In the benchmark's first 10x burst
 //! after a start, the ~160 upstream connections it opened paid several such waits
 //! (`synchronize_rcu` under `expand_files`, traced with `perf sched`): p99 during the
-//! burst was 14-30 ms where the next burst took 1.5 ms. Grown once while the process has
-//! one thread, the table costs no wait, and it never shrinks.
+//! burst was 24-33 ms where the next burst took about 1.5 ms. Grown once while the
+//! process has one thread, the table costs no wait, and it never shrinks.
 //!
 //! The soft limit on open files is raised to the hard one as well (as Go's runtime
 //! does): a gateway holds a socket per client and per upstream connection, and the
-//! common soft default of 1,024 would refuse connections in a promotion's surge.
+//! common soft default of 1,024 would leave new connections waiting in a promotion's
+//! surge.
 
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
@@ -34,6 +35,7 @@ pub fn prepare() -> Prepared {
     let lim = getrlimit(Resource::Nofile);
     let limit_before = lim.current.unwrap_or(u64::MAX);
     let mut limit = limit_before;
+    // `None` is unlimited (and `Option` orders it first, hence the second test).
     if lim.current < lim.maximum || (lim.current.is_some() && lim.maximum.is_none()) {
         let raised = Rlimit {
             current: lim.maximum,
