@@ -179,6 +179,11 @@ impl Linear {
     fn contribution(&self, i: usize, t: f64) -> f64 {
         self.weight[i] * (t - self.mean[i])
     }
+
+    /// Every feature's contribution, from the squashed values `terms` gave.
+    fn contributions(&self, t: &[f64; COUNT]) -> [f64; COUNT] {
+        std::array::from_fn(|i| self.contribution(i, t[i]))
+    }
 }
 
 /// A loaded model, ready for the request path.
@@ -359,7 +364,7 @@ impl Model {
                 let (t, z) = l.terms(f.as_slice());
                 Explained {
                     score: self.calibrated(z),
-                    contributions: std::array::from_fn(|i| l.contribution(i, t[i])),
+                    contributions: l.contributions(&t),
                 }
             }
             Compiled::Forest { nodes, roots } => {
@@ -398,10 +403,7 @@ impl Model {
     pub fn contributions(&self, f: &Features) -> [f64; COUNT] {
         let x = f.as_slice();
         match &self.compiled {
-            Compiled::Linear(l) => {
-                let (t, _) = l.terms(x);
-                std::array::from_fn(|i| l.contribution(i, t[i]))
-            }
+            Compiled::Linear(l) => l.contributions(&l.terms(x).0),
             Compiled::Forest { nodes, roots } => walk_forest(nodes, roots, x).1,
         }
     }

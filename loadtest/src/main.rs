@@ -123,15 +123,12 @@ fn real_main(a: Args) -> Result<ExitCode, String> {
         connections: a.connections,
         timeout: Duration::from_millis(a.timeout_ms.max(1)),
     };
-    // Its 200-odd connections open at once: no stall on the kernel's table growth.
-    riskgate::fd_table::prepare();
+    // The servers' runtimes: its many connections open at once without stalling on the
+    // kernel's descriptor-table growth.
     let rt = if a.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        loadtest::current_thread()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(a.threads)
-            .enable_all()
-            .build()
+        loadtest::runtime(a.threads)
     }
     .map_err(|e| e.to_string())?;
     let report = rt.block_on(run::run(opts, workload))?;
