@@ -14,6 +14,7 @@ pub mod extract;
 #[cfg(unix)]
 pub mod fd_table;
 pub mod features;
+pub mod ip_text;
 pub mod metrics;
 pub mod model;
 pub mod offenders;

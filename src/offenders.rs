@@ -16,12 +16,12 @@
 //! across an `.await`), and only for stopped requests.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
 use crate::extract::Identities;
+use crate::ip_text::IpText;
 
 /// The identity kinds reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,30 +259,10 @@ impl Offenders {
     }
 }
 
-/// An IP address as text without a heap allocation (the longest IPv6 text is 45 bytes).
-struct IpText {
-    buf: [u8; 48],
-    len: usize,
-}
-
-impl IpText {
-    fn of(ip: IpAddr) -> IpText {
-        use std::io::Write;
-        let mut buf = [0u8; 48];
-        let mut cursor = std::io::Cursor::new(&mut buf[..]);
-        let _ = write!(cursor, "{ip}");
-        let len = cursor.position() as usize;
-        IpText { buf, len }
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     /// The sketch as it was before the minimum list: a scan per newcomer.
     fn scan_add(slots: &mut Vec<(String, u64, u64)>, key: &str, capacity: usize) {

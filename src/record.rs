@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::decide::Decision;
 use crate::event::{Event, Label};
 use crate::extract::Identities;
+use crate::ip_text::IpText;
 use crate::score::Reason;
 
 #[derive(Debug, Clone, Serialize)]
@@ -137,29 +138,11 @@ fn number<T: Serialize>(out: &mut Vec<u8>, n: T) {
     let _ = serde_json::to_writer(&mut *out, &n);
 }
 
-/// An IP address as a JSON string: IPv4 by hand (most clients), IPv6 by `Display`.
+/// An IP address as a JSON string (no character in one needs escaping).
 fn ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            out.push(b'"');
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                if octet >= 100 {
-                    out.push(b'0' + octet / 100);
-                }
-                if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
-                }
-                out.push(b'0' + octet % 10);
-            }
-            out.push(b'"');
-        }
-        IpAddr::V6(_) => {
-            let _ = serde_json::to_writer(&mut *out, &ip);
-        }
-    }
+    out.push(b'"');
+    out.extend_from_slice(IpText::of(ip).as_str().as_bytes());
+    out.push(b'"');
 }
 
 /// The score as the contract prints it: three decimals.

@@ -71,6 +71,8 @@ impl Score {
 /// Scores a request on `route` from its identities and signals.
 pub fn evaluate(rt: &Runtime, route: &Route, ids: &Identities, signals: &Signals) -> Score {
     let mut score = Score::neutral();
+    // Room for the usual few reasons at once: growing from empty reallocates twice.
+    score.reasons.reserve(8);
     for (i, list) in rt.lists.iter().enumerate() {
         let hit = match list.kind {
             ListKind::User => ids.user.as_ref().is_some_and(|v| list.values.contains(v)),
