@@ -110,7 +110,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Tally> {
         opts.seed
     );
     eprintln!(
-        "the trained model runs in shadow here: a campaign squeezed into seconds is not the traffic it learnt from\n"
+        "the trained model and {} run in shadow here: a campaign squeezed into seconds is not the traffic they were made for\n",
+        SQUEEZED_RULES.join(", ")
     );
 
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -229,16 +230,29 @@ fn now_ms() -> u64 {
 /// seconds, a pace the model never saw in training (its per-minute counts and gaps are
 /// far from real traffic's), so it is scored and recorded but does not act — the way
 /// a new model is watched before it is promoted.
+/// The default config with the model and `SQUEEZED_RULES` in shadow.
 fn demo_config(default: &str) -> String {
-    let Some(at) = default.find("\n[model]\n") else {
-        return default.to_string();
+    let mut text = default.to_string();
+    for rule in SQUEEZED_RULES {
+        let name = format!("\nname = \"{rule}\"\n");
+        if let Some(at) = text.find(&name) {
+            text.insert_str(at + name.len(), "shadow = true\n");
+        }
+    }
+    let Some(at) = text.find("\n[model]\n") else {
+        return text;
     };
-    let (head, tail) = default.split_at(at);
+    let (head, tail) = text.split_at(at);
     format!(
         "{head}{}",
         tail.replacen("\nmode = \"enforce\"", "\nmode = \"shadow\"", 1)
     )
 }
+
+/// Rules that compare one network's last minute with everyone's: squeezed a thousandfold,
+/// a minute of the demo holds hours of the campaign, and an office's day of new phones
+/// looks like a crew's minute.
+const SQUEEZED_RULES: [&str; 1] = ["new_phones_on_one_network"];
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("riskgate-demo-{}", std::process::id()));
@@ -249,7 +263,7 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_demo_shadows_the_model_and_nothing_else() {
+    fn the_demo_shadows_the_model_and_the_squeezed_rules_only() {
         let text = super::demo_config(crate::config::DEFAULT_TOML);
         let model = &text[text.find("\n[model]\n").unwrap()..];
         assert!(model.contains("\nmode = \"shadow\""), "{model}");
@@ -258,5 +272,13 @@ mod tests {
             "server and routes keep their mode"
         );
         assert_eq!(text.matches("\nmode = \"shadow\"").count(), 1);
+        for rule in super::SQUEEZED_RULES {
+            let at = text
+                .find(&format!("\nname = \"{rule}\"\n"))
+                .expect("the rule is in the default config");
+            let block = &text[at..text[at + 1..].find("\n[").map_or(text.len(), |end| at + 1 + end)];
+            assert!(block.contains("\nshadow = true\n"), "{block}");
+        }
+        crate::config::parse(std::path::Path::new("riskgate.toml"), &text).expect("the demo config is valid");
     }
 }

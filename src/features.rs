@@ -4,7 +4,7 @@
 //! mean one thing to a rule and another to the classifier.
 
 /// Bumped whenever a feature is added, removed, renamed or changes meaning.
-pub const FEATURE_SET_VERSION: &str = "rg-features-8";
+pub const FEATURE_SET_VERSION: &str = "rg-features-9";
 
 macro_rules! features {
     ($( $variant:ident => $name:literal, $window:literal, $meaning:literal; )*) => {
@@ -96,6 +96,8 @@ features! {
     IpNewUsers1h => "ip_new_users_1h", "1 h", "accounts first seen from this client IP";
     IpNewUsers24h => "ip_new_users_24h", "24 h", "accounts first seen from this client IP";
     IpNewDevices1m => "ip_new_devices_1m", "1 min", "devices first seen from this client IP: a rack of new phones starting together behind one line";
+    SubnetNewWifiDevices1m => "subnet_new_wifi_devices_1m", "1 min", "devices first seen on Wi-Fi from this /24 or /64: a crew's phones started together on its line, a fresh IP for each account";
+    SubnetNewWifiLift1m => "subnet_new_wifi_lift_1m", "1 min", "subnet_new_wifi_devices_1m against the average network that had a device first seen on Wi-Fi in the same minute (count x networks / devices; 0 when none): a flash sale raises every network alike";
     SubnetNewUsers1h => "subnet_new_users_1h", "1 h", "accounts first seen from this /24 or /64";
     SubnetNewUsers24h => "subnet_new_users_24h", "24 h", "accounts first seen from this /24 or /64";
     UaNewDevices1h => "ua_new_devices_1h", "1 h", "devices first seen with this exact user-agent string";

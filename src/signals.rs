@@ -67,6 +67,14 @@ pub async fn observe<S: StateStore>(
     windows(&mut f, Feature::DeviceNewUsers1h, &r.new_users[0]);
     windows(&mut f, Feature::IpNewUsers1h, &r.new_users[1]);
     f.set(Feature::IpNewDevices1m, f64::from(r.ip_new_devices));
+    let [here, all, networks] = r.wifi_new_devices;
+    f.set(Feature::SubnetNewWifiDevices1m, f64::from(here));
+    if all > 0 {
+        f.set(
+            Feature::SubnetNewWifiLift1m,
+            f64::from(here) * f64::from(networks) / f64::from(all),
+        );
+    }
     windows(&mut f, Feature::SubnetNewUsers1h, &r.new_users[2]);
     windows(&mut f, Feature::UaNewDevices1h, &r.ua_new_devices);
     windows(&mut f, Feature::UasPerDevice1h, &r.uas_per_device);

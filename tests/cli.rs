@@ -40,7 +40,7 @@ fn check_config_summarises_the_default_config() {
         "counted, not scored",
         "state memory (256 MB)  timeout 50 ms  on error allow",
         "state error: allow",
-        "model: config/../models/riskgate-default.model.json  logistic_regression",
+        "model: config/../models/riskgate-default.model.json  random_forest",
         "coupon_claim (enforce)",
     ] {
         assert!(stdout.contains(needle), "missing {needle} in\n{stdout}");

@@ -613,7 +613,7 @@ fn both_backends_read_out_the_same_on_random_observations() {
         governor::Quota::per_hour(std::num::NonZeroU32::new(20).unwrap()),
     ];
     let mut now = 1_762_819_200_000u64;
-    let mut exercised = [0u32; 6];
+    let mut exercised = [0u32; 7];
     // The last 2,000 bring fresh devices, so that many requests are a new device's
     // first on a route, from accounts with a browsing history of any length.
     for i in 0..6_000 {
@@ -679,10 +679,11 @@ fn both_backends_read_out_the_same_on_random_observations() {
         exercised[3] += u32::from(want.cluster[0] > 1);
         exercised[4] += u32::from(want.inviter_age_ms.is_some_and(|age| age > 0));
         exercised[5] += u32::from(want.device_line_handoff);
+        exercised[6] += u32::from(want.wifi_new_devices[0] > 1 && want.wifi_new_devices[2] > 1);
     }
     // The rarer paths were taken, not just compared as zeros: new devices' first
     // requests on a route (hasty ones too), blind invitees, clusters of several accounts,
     // inviters whose account had been seen before, devices handed between accounts and
-    // Wi-Fi lines.
+    // Wi-Fi lines, networks with several new Wi-Fi devices among several such networks.
     assert!(exercised.iter().all(|&n| n >= 100), "{exercised:?}");
 }

@@ -846,6 +846,104 @@ fn new_phones_behind_a_carrier_nat_or_arriving_minutes_apart_are_not_a_rack() {
     }
 }
 
+/// New phones on Wi-Fi, one on each of `networks` other /24s in the first seconds
+/// (`per_network` each): the population's background, or a flash sale when many.
+fn background_of_new_phones(w: &World, networks: u64, per_network: u64, tag: &str) {
+    let ua = "Mozilla/5.0 (Linux; Android 14; 23127PN0CC) MicroMessenger/8.0.50 NetType/WIFI Language/zh_CN";
+    for n in 0..networks {
+        for p in 0..per_network {
+            let (user, device) = (format!("{tag}-user-{n}-{p}"), format!("{tag}-phone-{n}-{p}"));
+            w.send(Req {
+                ua,
+                ..Req::browse(
+                    n * 100 + p * 10,
+                    &user,
+                    &device,
+                    &format!("198.18.{}.{}", 100 + n, 10 + p),
+                )
+            });
+        }
+    }
+}
+
+/// `phones` new phones turning up on one /24, each on its own IP (re-dialled broadband),
+/// seconds apart, each a browse and a claim; the claims' assessments.
+fn phones_on_one_network(w: &World, phones: u64, start_ms: u64, net: &str, subnet: &str) -> Vec<Assessment> {
+    let ua = format!("Mozilla/5.0 (Linux; Android 14; 23127PN0CC) MicroMessenger/8.0.50 NetType/{net} Language/zh_CN");
+    (0..phones)
+        .map(|i| {
+            let (user, device, ip) = (
+                format!("crew-user-{i}"),
+                format!("crew-phone-{i}"),
+                format!("{subnet}.{}", 20 + i * 7),
+            );
+            let t = start_ms + i * 3_000;
+            w.send(Req {
+                ua: &ua,
+                ..Req::browse(t, &user, &device, &ip)
+            });
+            w.send(Req {
+                ua: &ua,
+                ..Req::claim(t + 2_000, &user, &device, &ip)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn phones_started_together_on_one_network_stand_out_from_the_population() {
+    let w = World::new();
+    // 20 other networks with a new phone each: an ordinary minute.
+    background_of_new_phones(&w, 20, 1, "bg");
+    let claims = phones_on_one_network(&w, 7, 5_000, "WIFI", "198.18.60");
+    let here: Vec<f64> = claims.iter().map(|a| f(a, "subnet_new_wifi_devices_1m")).collect();
+    assert_eq!(here, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+    // The average network: (20 + k) new phones over 21 networks.
+    for (k, a) in (1..).zip(&claims) {
+        let lift = f(a, "subnet_new_wifi_lift_1m");
+        assert!(
+            (lift - k as f64 * 21.0 / (20.0 + k as f64)).abs() < 1e-9,
+            "phone {k}: {lift}"
+        );
+        // No IP saw more than one new phone: the per-line rule has nothing to go on.
+        assert_eq!(f(a, "ip_new_devices_1m"), 1.0);
+        assert!(!fired(a, "new_phones_on_one_line"));
+    }
+    // Up to the fourth phone the network looks like a busy one; from the fifth it stands out.
+    for a in &claims[..4] {
+        assert!(!fired(a, "new_phones_on_one_network"), "{:?}", a.score.reasons);
+    }
+    for a in &claims[4..] {
+        assert!(fired(a, "new_phones_on_one_network"), "{:?}", a.score.reasons);
+        assert!(a.decision.stops());
+    }
+    // A minute later the burst has aged out of the window.
+    let later = w.send(Req::claim(200_000, "crew-user-0", "crew-phone-0", "198.18.60.20"));
+    assert_eq!(f(&later, "subnet_new_wifi_devices_1m"), 0.0);
+    assert_eq!(f(&later, "subnet_new_wifi_lift_1m"), 0.0);
+}
+
+#[test]
+fn a_flash_sale_or_a_carrier_nat_is_not_phones_started_together() {
+    // A flash sale: new phones everywhere at once, four on each of 20 networks. Seven
+    // on one network is under twice the average.
+    let sale = World::new();
+    background_of_new_phones(&sale, 20, 4, "sale");
+    for a in phones_on_one_network(&sale, 7, 5_000, "WIFI", "198.18.61") {
+        assert!(f(&a, "subnet_new_wifi_lift_1m") < 2.0);
+        assert!(!fired(&a, "new_phones_on_one_network"), "{:?}", a.score.reasons);
+    }
+    // A carrier's NAT: the same seven new phones on one /24, on 4G. Cellular phones are
+    // not counted at all.
+    let nat = World::new();
+    background_of_new_phones(&nat, 20, 1, "bg");
+    for a in phones_on_one_network(&nat, 7, 5_000, "4G", "198.19.62") {
+        assert_eq!(f(&a, "subnet_new_wifi_devices_1m"), 0.0);
+        assert!(!fired(&a, "new_phones_on_one_network"));
+        assert!(!a.decision.stops(), "{:?}", a.score.reasons);
+    }
+}
+
 /// One phone used by one account after another, each turn (account, IP, network) a
 /// browse and a claim, `apart_ms` between turns.
 fn phone_in_turns(w: &World, device: &str, turns: &[(&str, &str, &str)], apart_ms: u64) -> Vec<Assessment> {

@@ -15,8 +15,9 @@ use super::cluster::{self, ClusterEntry, ClusterStep};
 use super::window::{DistinctSet, HourDay, Windows, DISTINCT_CAP};
 use super::{
     combine, fingerprint, KeyKind, LimitCheck, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats,
-    COUNTED, DISTINCT, DISTINCT_WINDOWS_S, TAG_ASSISTED, TAG_BLIND_INVITEES, TAG_CLUSTER, TAG_HASTY,
+    COUNTED, DISTINCT, DISTINCT_WINDOWS_S, POPULATION, TAG_ASSISTED, TAG_BLIND_INVITEES, TAG_CLUSTER, TAG_HASTY,
     TAG_INVITEE_SUBNETS, TAG_IP_NEW_DEVICES, TAG_NEW_DEVICES, TAG_NEW_FIRST, TAG_NEW_INVITEES, TAG_PREFIX_NEW_DEVICES,
+    TAG_WIFI_NETWORKS, TAG_WIFI_NEW_DEVICES,
 };
 
 /// Per identity (global across routes): when it was first seen, the timing of its
@@ -356,6 +357,15 @@ impl MemoryState {
         };
         if let Some(ip) = key(KeyKind::Ip) {
             out.ip_new_devices = windows(ip, TAG_IP_NEW_DEVICES, device_new)[1];
+        }
+        // New phones on Wi-Fi per network, against the whole population's in the same
+        // minute: a network counts once while it has had one in the last minute.
+        if let Some(subnet) = key(KeyKind::Subnet) {
+            let bump = obs.wifi && device_new;
+            let here = windows(subnet, TAG_WIFI_NEW_DEVICES, bump)[1];
+            let all = windows(POPULATION, TAG_WIFI_NEW_DEVICES, bump)[1];
+            let networks = windows(POPULATION, TAG_WIFI_NETWORKS, bump && here == 1)[1];
+            out.wifi_new_devices = [here, all, networks];
         }
         if let Some(prefix) = obs.device_prefix {
             out.prefix_new_devices = counter(prefix, TAG_PREFIX_NEW_DEVICES, device_new);

@@ -41,6 +41,12 @@ pub(crate) const TAG_NEW_FIRST: u64 = 0xBB;
 pub(crate) const TAG_BLIND_INVITEES: u64 = 0xBC;
 pub(crate) const TAG_IP_NEW_DEVICES: u64 = 0xBD;
 pub(crate) const TAG_LINES: u64 = 0xBE;
+pub(crate) const TAG_WIFI_NEW_DEVICES: u64 = 0xBF;
+pub(crate) const TAG_WIFI_NETWORKS: u64 = 0xC0;
+
+/// The key of the population-wide counters (new Wi-Fi phones, and the networks they
+/// appeared on): one per deployment, combined with its tag like any identity's.
+pub(crate) const POPULATION: u64 = 0;
 
 /// A member's fingerprint in a distinct set: the top half of its key.
 pub(crate) fn fingerprint(key: u64) -> u32 {
@@ -192,6 +198,9 @@ pub struct Readout {
     pub prefix_new_devices: [u32; 2],
     /// Devices first seen from this client IP, over 1 min.
     pub ip_new_devices: u32,
+    /// Devices first seen on Wi-Fi over 1 min: from this request's /24 or /64, from
+    /// anywhere, and the networks (/24 or /64) those came from.
+    pub wifi_new_devices: [u32; 3],
     /// On Wi-Fi: the device's last other account (within 24 h) was on another Wi-Fi IP.
     pub device_line_handoff: bool,
     /// Distinct user-agent strings this device sent.

@@ -10,8 +10,8 @@
 -- none), 14 inviter fingerprint, 15 user fingerprint, 16 subnet fingerprint,
 -- 17 number of limits, then per limit its emission interval and burst tolerance in us,
 -- then the id a new cluster gets (16 hex digits), the campaign x route fingerprint ('' =
--- none), the user agent's fingerprint, the key prefix, the client IP's fingerprint, and
--- last the key seed.
+-- none), the user agent's fingerprint, the key prefix, the client IP's fingerprint,
+-- whether the request came over Wi-Fi (0/1), and last the key seed.
 
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
@@ -30,6 +30,7 @@ local claim_fp = ARGV[after_limits + 2]
 local ua_fp = ARGV[after_limits + 3]
 local prefix = ARGV[after_limits + 4]
 local ip_fp = ARGV[after_limits + 5]
+local wifi = ARGV[after_limits + 6] == '1'
 
 -- The last key is the deployment's key seed (the last ARGV its value): every request
 -- keeps it alive as long as the state it keys, so once it has expired so has
@@ -562,11 +563,24 @@ if slot[42] then
 end
 push({handoff})
 
--- Slots 43-: GCRA cells (governor's algorithm) in microseconds of event time:
+-- Slots 43-45 (a request with a subnet): devices first seen on Wi-Fi in the last
+-- minute from this subnet, from anywhere, and the networks they came from (a network
+-- counts again once it has had none for a minute).
+if slot[43] then
+  local bump = wifi and device_new
+  local here = windows(slot[43], bump)[2]
+  local all = windows(slot[44], bump)[2]
+  local networks = windows(slot[45], bump and here == 1)[2]
+  push({here, all, networks})
+else
+  push({0, 0, 0})
+end
+
+-- Slots 46-: GCRA cells (governor's algorithm) in microseconds of event time:
 -- 0 = allowed, otherwise the wait in ms.
 local now_us = now * 1000
 for i = 1, nlimits do
-  local key = slot[42 + i]
+  local key = slot[45 + i]
   local t = tonumber(ARGV[16 + 2 * i])
   local tau = tonumber(ARGV[17 + 2 * i])
   local tat = tonumber(cache[key]) or now_us

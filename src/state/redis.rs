@@ -39,16 +39,16 @@ use ::redis::{Script, Value};
 use super::memory::{new_cluster_id, MemoryState};
 use super::{
     combine, fingerprint, KeyKind, LimitOutcome, Observation, Readout, StateError, StateStore, TableStats, COUNTED,
-    DISTINCT, TAG_ASSISTED, TAG_BLIND_INVITEES, TAG_BROWSE, TAG_CLUSTER, TAG_HASTY, TAG_INVITEE_SUBNETS,
+    DISTINCT, POPULATION, TAG_ASSISTED, TAG_BLIND_INVITEES, TAG_BROWSE, TAG_CLUSTER, TAG_HASTY, TAG_INVITEE_SUBNETS,
     TAG_IP_NEW_DEVICES, TAG_LINES, TAG_NEW_DEVICES, TAG_NEW_FIRST, TAG_NEW_INVITEES, TAG_NEW_USERS,
-    TAG_PREFIX_NEW_DEVICES, TAG_SUBNETS, TAG_UAS,
+    TAG_PREFIX_NEW_DEVICES, TAG_SUBNETS, TAG_UAS, TAG_WIFI_NETWORKS, TAG_WIFI_NEW_DEVICES,
 };
 use crate::config::StateConfig;
 
 const SCRIPT: &str = include_str!("redis.lua");
 
 /// Fixed slots of the script before the limit cells (see `redis.lua`).
-const FIXED_SLOTS: usize = 42;
+const FIXED_SLOTS: usize = 45;
 
 /// After a failed call (or `TIMEOUTS_BEFORE_SKIPPING` timeouts in a row), requests
 /// skip Redis for this long and degrade at once, so that an outage costs one failed call
@@ -302,7 +302,13 @@ impl RedisState {
                 _ => None,
             },
         );
-        // 43-: limit cells.
+        // 43-45: new Wi-Fi devices (1 min) from this subnet, from anywhere, and the
+        // networks they came from.
+        let subnet = key(KeyKind::Subnet);
+        slots.push(derived(subnet, TAG_WIFI_NEW_DEVICES));
+        slots.push(derived(subnet.map(|_| POPULATION), TAG_WIFI_NEW_DEVICES));
+        slots.push(derived(subnet.map(|_| POPULATION), TAG_WIFI_NETWORKS));
+        // 46-: limit cells.
         for l in &obs.limits {
             slots.push(Some(self.key('l', l.key)));
         }
@@ -336,7 +342,8 @@ impl RedisState {
             .arg(campaign.unwrap_or_default())
             .arg(fp(key(KeyKind::UserAgent)))
             .arg(&self.prefix)
-            .arg(fp(key(KeyKind::Ip)));
+            .arg(fp(key(KeyKind::Ip)))
+            .arg(u8::from(obs.wifi));
         inv.arg(self.seed.to_string());
         inv
     }
@@ -396,7 +403,7 @@ impl RedisState {
 
 /// The script's flat reply → a `Readout`.
 fn readout(v: &[i64], limits: usize) -> Result<Readout, StateError> {
-    const FIXED: usize = 32 + 16 + 4 + 2 + 6 + 2 + 2 + 2 + 4 + 2 + 3 + 2 + 2 + 4 + 2 + 1 + 1 + 1;
+    const FIXED: usize = 32 + 16 + 4 + 2 + 6 + 2 + 2 + 2 + 4 + 2 + 3 + 2 + 2 + 4 + 2 + 1 + 1 + 1 + 3;
     if v.len() != FIXED + limits {
         return Err(StateError::Unavailable(format!(
             "the state script answered {} values, expected {}",
@@ -442,7 +449,8 @@ fn readout(v: &[i64], limits: usize) -> Result<Readout, StateError> {
     r.inviter_age_ms = age(i + 15);
     r.ip_new_devices = n(i + 16);
     r.device_line_handoff = v[i + 17] != 0;
-    i += 18;
+    r.wifi_new_devices = [n(i + 18), n(i + 19), n(i + 20)];
+    i += 21;
     r.limits = v[i..]
         .iter()
         .map(|ms| match *ms {
@@ -494,7 +502,7 @@ mod tests {
 
     #[test]
     fn readout_layout_round_trips() {
-        let mut v: Vec<i64> = (0..88).collect();
+        let mut v: Vec<i64> = (0..91).collect();
         v[48] = -1; // no account
         v.push(0);
         v.push(1_500);
@@ -508,6 +516,7 @@ mod tests {
         assert_eq!(r.inviter_age_ms, Some(85));
         assert_eq!(r.ip_new_devices, 86);
         assert!(r.device_line_handoff);
+        assert_eq!(r.wifi_new_devices, [88, 89, 90]);
         assert_eq!(r.counts[0], [0, 1, 2, 3]);
         assert_eq!(r.counts[7], [28, 29, 30, 31]);
         assert_eq!(r.distinct[0], [32, 33]);
