@@ -53,6 +53,15 @@ pub struct Score {
 }
 
 impl Score {
+    /// One more reason. The first makes room for the usual few at once, where growing
+    /// from empty reallocates twice; a request with no reason allocates nothing.
+    fn add_reason(&mut self, reason: Reason) {
+        if self.reasons.capacity() == 0 {
+            self.reasons.reserve(8);
+        }
+        self.reasons.push(reason);
+    }
+
     /// Nothing known against the request: score 0, no floor, no reasons.
     pub fn neutral() -> Score {
         Score {
@@ -71,8 +80,6 @@ impl Score {
 /// Scores a request on `route` from its identities and signals.
 pub fn evaluate(rt: &Runtime, route: &Route, ids: &Identities, signals: &Signals) -> Score {
     let mut score = Score::neutral();
-    // Room for the usual few reasons at once: growing from empty reallocates twice.
-    score.reasons.reserve(8);
     for (i, list) in rt.lists.iter().enumerate() {
         let hit = match list.kind {
             ListKind::User => ids.user.as_ref().is_some_and(|v| list.values.contains(v)),
@@ -86,14 +93,14 @@ pub fn evaluate(rt: &Runtime, route: &Route, ids: &Identities, signals: &Signals
         score.hits.push(Hit::List(i));
         match list.action {
             ListAction::Allow => {
-                score.reasons.push(list.reason.clone());
+                score.add_reason(list.reason.clone());
                 score.allowlisted = true;
                 score.floor = Decision::Allow;
                 score.floor_response = None;
                 return score;
             }
             ListAction::Block => {
-                score.reasons.push(list.reason.clone());
+                score.add_reason(list.reason.clone());
                 score.value = 1.0;
                 score.floor = Decision::Block;
                 score.floor_response = Some(ResponseKind::Block);
@@ -108,7 +115,7 @@ pub fn evaluate(rt: &Runtime, route: &Route, ids: &Identities, signals: &Signals
             index: i,
             shadow: limit.shadow,
         });
-        score.reasons.push(limit.reason.clone());
+        score.add_reason(limit.reason.clone());
         if limit.shadow {
             continue;
         }
@@ -134,7 +141,7 @@ pub fn evaluate(rt: &Runtime, route: &Route, ids: &Identities, signals: &Signals
             index,
             shadow: rule.shadow,
         });
-        score.reasons.push(rule.reason.clone());
+        score.add_reason(rule.reason.clone());
         if !rule.shadow {
             doubt *= 1.0 - rule.score;
         }
@@ -175,11 +182,11 @@ fn apply_model(score: &mut Score, slot: &ModelSlot, model: &Model, shadow: bool,
     let Some(top) = top else { return };
     let prefix = if shadow { "shadow:model" } else { "model" };
     if top.is_empty() {
-        score.reasons.push(prefix.into());
+        score.add_reason(prefix.into());
     }
     let names = model_reasons(shadow);
     for (f, _) in top {
-        score.reasons.push(names[f as usize].clone());
+        score.add_reason(names[f as usize].clone());
     }
 }
 

@@ -791,17 +791,30 @@ fn rack_of_new_phones(w: &World, ip: &str, net: &str, apart_ms: u64) -> Vec<Asse
     (0..5u64)
         .map(|i| {
             let (user, device) = (format!("rack-user-{i}"), format!("rack-phone-{i}"));
-            let t = i * apart_ms;
-            w.send(Req {
-                ua: &ua,
-                ..Req::browse(t, &user, &device, ip)
-            });
-            w.send(Req {
-                ua: &ua,
-                ..Req::claim(t + 3_000, &user, &device, ip)
-            })
+            browse_then_claim(w, &ua, &user, &device, ip, i * apart_ms, 3_000)
         })
         .collect()
+}
+
+/// A browse at `t`, then `claim_after_ms` later a claim, by one account on one device:
+/// the claim's assessment.
+fn browse_then_claim(
+    w: &World,
+    ua: &str,
+    user: &str,
+    device: &str,
+    ip: &str,
+    t: u64,
+    claim_after_ms: u64,
+) -> Assessment {
+    w.send(Req {
+        ua,
+        ..Req::browse(t, user, device, ip)
+    });
+    w.send(Req {
+        ua,
+        ..Req::claim(t + claim_after_ms, user, device, ip)
+    })
 }
 
 fn fired(a: &Assessment, rule: &str) -> bool {
@@ -877,15 +890,7 @@ fn phones_on_one_network(w: &World, phones: u64, start_ms: u64, net: &str, subne
                 format!("crew-phone-{i}"),
                 format!("{subnet}.{}", 20 + i * 7),
             );
-            let t = start_ms + i * 3_000;
-            w.send(Req {
-                ua: &ua,
-                ..Req::browse(t, &user, &device, &ip)
-            });
-            w.send(Req {
-                ua: &ua,
-                ..Req::claim(t + 2_000, &user, &device, &ip)
-            })
+            browse_then_claim(w, &ua, &user, &device, &ip, start_ms + i * 3_000, 2_000)
         })
         .collect()
 }
