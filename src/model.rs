@@ -137,17 +137,36 @@ pub fn logit(p: f64) -> f64 {
 struct Node {
     threshold: f64,
     value: f32,
+    /// The split feature; for a leaf, how many steps its path has in `Forest::paths`.
     feature: u16,
     /// Index of the left child within the forest's node array; 0 for a leaf. The right
     /// child follows as `right`.
     left: u32,
+    /// The right child; for a leaf, where its path starts in `Forest::paths`.
     right: u32,
+}
+
+/// One feature's share of a leaf's path: the change in fraud share at the splits on
+/// `feature` between the root and the leaf, summed in path order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PathStep {
+    delta: f64,
+    feature: u16,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 enum Compiled {
     Linear(Box<Linear>),
-    Forest { nodes: Vec<Node>, roots: Vec<u32> },
+    Forest(Box<Forest>),
+}
+
+/// The trees in one node array, and for each leaf the path contributions it stands
+/// for: a leaf's path is fixed, so its explanation is worked out once, at load.
+#[derive(Debug, Clone, PartialEq)]
+struct Forest {
+    nodes: Vec<Node>,
+    roots: Vec<u32>,
+    paths: Vec<PathStep>,
 }
 
 /// A logistic regression with the standardization folded in: log-odds =
@@ -282,12 +301,21 @@ impl Model {
                     }
                     let base = nodes.len() as u32;
                     roots.push(base);
+                    // Each node but the root has one parent: a leaf's path is its own.
+                    let mut has_parent = vec![false; n];
                     for i in 0..n {
                         let (l, r) = (tree.left[i] as usize, tree.right[i] as usize);
                         let leaf = l == 0;
                         // Children come after their parent: the walk always ends.
                         if !leaf && (l <= i || r <= i || l >= n || r >= n) {
                             return Err(invalid(format!("tree {t}, node {i}: bad children {l}, {r}")));
+                        }
+                        if !leaf {
+                            for c in [l, r] {
+                                if std::mem::replace(&mut has_parent[c], true) || l == r {
+                                    return Err(invalid(format!("tree {t}, node {c}: more than one parent")));
+                                }
+                            }
                         }
                         let f = tree.feature[i] as usize;
                         if !leaf && f >= map.len() {
@@ -306,7 +334,7 @@ impl Model {
                         });
                     }
                 }
-                Compiled::Forest { nodes, roots }
+                Compiled::Forest(Box::new(Forest::with_paths(nodes, roots)))
             }
         };
         let Platt { a, b } = file.calibration;
@@ -316,7 +344,7 @@ impl Model {
         Ok(Model {
             kind: match compiled {
                 Compiled::Linear(_) => "logistic_regression",
-                Compiled::Forest { .. } => "random_forest",
+                Compiled::Forest(_) => "random_forest",
             },
             compiled,
             calibration: file.calibration,
@@ -330,13 +358,7 @@ impl Model {
         let x = f.as_slice();
         match &self.compiled {
             Compiled::Linear(l) => l.terms(x).1,
-            Compiled::Forest { nodes, roots } => {
-                let mut sum = 0.0;
-                for &root in roots {
-                    sum += f64::from(nodes[leaf_of(nodes, root, x)].value);
-                }
-                logit(sum / roots.len() as f64)
-            }
+            Compiled::Forest(forest) => forest.raw(x),
         }
     }
 
@@ -367,11 +389,11 @@ impl Model {
                     contributions: l.contributions(&t),
                 }
             }
-            Compiled::Forest { nodes, roots } => {
-                let (sum, contributions) = walk_forest(nodes, roots, f.as_slice());
+            Compiled::Forest(forest) => {
+                let leaves = forest.leaves(f.as_slice());
                 Explained {
-                    score: self.calibrated(logit(sum / roots.len() as f64)),
-                    contributions,
+                    score: self.calibrated(forest.log_odds(&leaves)),
+                    contributions: forest.contributions(&leaves),
                 }
             }
         }
@@ -388,9 +410,10 @@ impl Model {
                 let p = self.calibrated(z);
                 (p, wanted(p).then(|| top_by(k, |i| l.contribution(i, t[i]))))
             }
-            Compiled::Forest { .. } => {
-                let p = self.score(f);
-                (p, wanted(p).then(|| self.explain(f).top(k)))
+            Compiled::Forest(forest) => {
+                let leaves = forest.leaves(f.as_slice());
+                let p = self.calibrated(forest.log_odds(&leaves));
+                (p, wanted(p).then(|| top_of(&forest.contributions(&leaves), k)))
             }
         }
     }
@@ -404,7 +427,7 @@ impl Model {
         let x = f.as_slice();
         match &self.compiled {
             Compiled::Linear(l) => l.contributions(&l.terms(x).0),
-            Compiled::Forest { nodes, roots } => walk_forest(nodes, roots, x).1,
+            Compiled::Forest(forest) => forest.contributions(&forest.leaves(x)),
         }
     }
 
@@ -465,35 +488,84 @@ fn top_by(k: usize, contribution: impl Fn(usize) -> f64) -> Top {
     top
 }
 
-/// Every tree's walk for `x`: the sum of the leaf shares, and the path contributions
-/// per feature (the change in fraud share at each split passed, summed per split
-/// feature, averaged over the trees).
-fn walk_forest(nodes: &[Node], roots: &[u32], x: &[f64]) -> (f64, [f64; COUNT]) {
-    let mut sum = 0.0;
-    let mut out = [0.0; COUNT];
-    for &root in roots {
-        let mut i = root as usize;
-        while nodes[i].left != 0 {
-            let n = nodes[i];
-            let next = if x[n.feature as usize] <= n.threshold {
-                n.left
-            } else {
-                n.right
-            } as usize;
-            out[n.feature as usize] += f64::from(nodes[next].value) - f64::from(n.value);
-            i = next;
+/// The leaf each tree sends a request to (room for 64 trees on the stack).
+type Leaves = smallvec::SmallVec<[u32; 64]>;
+
+impl Forest {
+    /// Fills in each leaf's path contributions (`Node::feature` and `Node::right` of a
+    /// leaf point at them).
+    fn with_paths(mut nodes: Vec<Node>, roots: Vec<u32>) -> Forest {
+        let mut paths = Vec::new();
+        for &root in &roots {
+            // Depth first, carrying the path's summed change per feature so far.
+            let mut stack = vec![(root as usize, Vec::<PathStep>::new())];
+            while let Some((i, path)) = stack.pop() {
+                let n = nodes[i];
+                if n.left == 0 {
+                    nodes[i].right = paths.len() as u32;
+                    nodes[i].feature = path.len() as u16;
+                    paths.extend_from_slice(&path);
+                    continue;
+                }
+                for next in [n.left, n.right] {
+                    let mut path = path.clone();
+                    let delta = f64::from(nodes[next as usize].value) - f64::from(n.value);
+                    match path.iter_mut().find(|s| s.feature == n.feature) {
+                        Some(step) => step.delta += delta,
+                        None => path.push(PathStep {
+                            delta,
+                            feature: n.feature,
+                        }),
+                    }
+                    stack.push((next as usize, path));
+                }
+            }
         }
-        sum += f64::from(nodes[i].value);
+        Forest { nodes, roots, paths }
     }
-    let trees = roots.len() as f64;
-    out.iter_mut().for_each(|v| *v /= trees);
-    (sum, out)
+
+    fn leaves(&self, x: &[f64]) -> Leaves {
+        self.roots.iter().map(|&root| leaf_of(&self.nodes, root, x)).collect()
+    }
+
+    fn raw(&self, x: &[f64]) -> f64 {
+        let mut sum = 0.0;
+        for &root in &self.roots {
+            sum += f64::from(self.nodes[leaf_of(&self.nodes, root, x) as usize].value);
+        }
+        logit(sum / self.roots.len() as f64)
+    }
+
+    /// The same value as `raw`, from the leaves.
+    fn log_odds(&self, leaves: &[u32]) -> f64 {
+        let mut sum = 0.0;
+        for &l in leaves {
+            sum += f64::from(self.nodes[l as usize].value);
+        }
+        logit(sum / self.roots.len() as f64)
+    }
+
+    /// The path contributions per feature (the change in fraud share at each split
+    /// passed, summed per split feature, averaged over the trees).
+    fn contributions(&self, leaves: &[u32]) -> [f64; COUNT] {
+        let mut out = [0.0; COUNT];
+        for &l in leaves {
+            let leaf = self.nodes[l as usize];
+            let start = leaf.right as usize;
+            for step in &self.paths[start..start + usize::from(leaf.feature)] {
+                out[usize::from(step.feature)] += step.delta;
+            }
+        }
+        let trees = self.roots.len() as f64;
+        out.iter_mut().for_each(|v| *v /= trees);
+        out
+    }
 }
 
-fn leaf_of(nodes: &[Node], root: u32, x: &[f64]) -> usize {
-    let mut i = root as usize;
+fn leaf_of(nodes: &[Node], root: u32, x: &[f64]) -> u32 {
+    let mut i = root;
     loop {
-        let n = &nodes[i];
+        let n = &nodes[i as usize];
         if n.left == 0 {
             return i;
         }
@@ -501,7 +573,7 @@ fn leaf_of(nodes: &[Node], root: u32, x: &[f64]) -> usize {
             n.left
         } else {
             n.right
-        } as usize;
+        };
     }
 }
 
@@ -640,6 +712,47 @@ mod tests {
         }
     }
 
+    /// The explanation worked out per leaf at load is the walk's: the change in fraud
+    /// share at every split passed, summed per feature, averaged over the trees.
+    #[test]
+    fn leaf_paths_hold_the_walks_contributions() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/riskgate-default.model.json");
+        let m = Model::load(&path).unwrap();
+        let Compiled::Forest(forest) = &m.compiled else {
+            panic!("the shipped model is a forest")
+        };
+        let mut explained = 0;
+        for i in 0..500u32 {
+            let mut f = Features::default();
+            for (j, v) in f.0.iter_mut().enumerate() {
+                let h = (i as usize * 13 + j * 29) % 89;
+                *v = if h % 4 == 0 { 0.0 } else { (h * h) as f64 / 5.0 };
+            }
+            let x = f.as_slice();
+            let mut walked = [0.0; COUNT];
+            for &root in &forest.roots {
+                let mut i = root as usize;
+                while forest.nodes[i].left != 0 {
+                    let n = forest.nodes[i];
+                    let next = if x[n.feature as usize] <= n.threshold {
+                        n.left
+                    } else {
+                        n.right
+                    } as usize;
+                    walked[n.feature as usize] += f64::from(forest.nodes[next].value) - f64::from(n.value);
+                    i = next;
+                }
+            }
+            let trees = forest.roots.len() as f64;
+            let from_leaves = m.contributions(&f);
+            for (w, l) in walked.iter().zip(from_leaves) {
+                assert!((w / trees - l).abs() < 1e-12, "{w} vs {l}");
+            }
+            explained += usize::from(from_leaves.iter().any(|c| *c != 0.0));
+        }
+        assert!(explained > 400, "{explained}");
+    }
+
     #[test]
     fn squash_is_the_signed_log_with_or_without_its_table() {
         let exact = |x: f64| x.signum() * x.abs().ln_1p();
@@ -721,6 +834,20 @@ mod tests {
             trees[0].value[0] = 1.5;
         }
         assert!(matches!(Model::from_file(&file, "m"), Err(ModelError::Invalid { .. })));
+        // A node with two parents would make a leaf's path ambiguous.
+        let mut file = stump();
+        if let Classifier::RandomForest { trees } = &mut file.classifier {
+            let f = Feature::UsersPerDevice24h as u16;
+            trees[0] = Tree {
+                feature: vec![f, f, f, 0, 0],
+                threshold: vec![3.0, 1.0, 5.0, 0.0, 0.0],
+                left: vec![1, 3, 3, 0, 0],
+                right: vec![2, 4, 4, 0, 0],
+                value: vec![0.3, 0.2, 0.5, 0.1, 0.9],
+            };
+        }
+        let refused = Model::from_file(&file, "m").unwrap_err().to_string();
+        assert!(refused.contains("node 3: more than one parent"), "{refused}");
         let text = serde_json::to_string(&stump()).unwrap();
         let m = Model::from_json(&text, "m").unwrap();
         assert_eq!(m.id.len(), 16);
