@@ -378,8 +378,8 @@ impl Model {
 
     /// `score` and `contributions` together, from one walk over the trees (a forest's
     /// explanation follows the same paths as its prediction): the same values as the
-    /// two calls, bit for bit, for the price of one. The request path scores first and
-    /// calls this only for a request that gets reasons (a walk three times slower).
+    /// two calls, bit for bit, for the price of one (a forest adds up the tables of the
+    /// leaves its walk reached).
     pub fn explain(&self, f: &Features) -> Explained {
         match &self.compiled {
             Compiled::Linear(l) => {
@@ -401,8 +401,8 @@ impl Model {
 
     /// The calibrated score and, when `wanted(score)`, the top `k` contributing
     /// features: what the request path needs, at the least cost for each kind. A
-    /// regression squashes the features once for both; a forest takes the fast walk, and
-    /// the explaining one only when wanted. The same values as `score` and `explain`.
+    /// regression squashes the features once for both; a forest walks once and adds up
+    /// its leaves' path tables only when wanted. The same values as `score` and `explain`.
     pub fn score_explained(&self, f: &Features, k: usize, wanted: impl FnOnce(f64) -> bool) -> (f64, Option<Top>) {
         match &self.compiled {
             Compiled::Linear(l) => {

@@ -165,7 +165,7 @@ pub fn evaluate(rt: &Runtime, route: &Route, ids: &Identities, signals: &Signals
 /// when it is high enough its top contributing features become `model:FEATURE` reasons
 /// (`shadow:model:FEATURE` in shadow), so staff can see why a request was stopped.
 /// Only a request that gets reasons pays for the explanation (`Model::score_explained`:
-/// for a forest, a walk about three times slower than scoring).
+/// for a forest, adding up the path tables of the leaves the score's walk reached).
 fn apply_model(score: &mut Score, slot: &ModelSlot, model: &Model, shadow: bool, features: &Features) {
     // Reasons only where the model counts (or would, in shadow).
     let explain_from = slot.reason_threshold.max(slot.min_score);
