@@ -312,7 +312,7 @@ impl Model {
                         }
                         if !leaf {
                             for c in [l, r] {
-                                if std::mem::replace(&mut has_parent[c], true) || l == r {
+                                if std::mem::replace(&mut has_parent[c], true) {
                                     return Err(invalid(format!("tree {t}, node {c}: more than one parent")));
                                 }
                             }
@@ -358,7 +358,7 @@ impl Model {
         let x = f.as_slice();
         match &self.compiled {
             Compiled::Linear(l) => l.terms(x).1,
-            Compiled::Forest(forest) => forest.raw(x),
+            Compiled::Forest(forest) => forest.log_odds(&forest.leaves(x)),
         }
     }
 
@@ -528,15 +528,7 @@ impl Forest {
         self.roots.iter().map(|&root| leaf_of(&self.nodes, root, x)).collect()
     }
 
-    fn raw(&self, x: &[f64]) -> f64 {
-        let mut sum = 0.0;
-        for &root in &self.roots {
-            sum += f64::from(self.nodes[leaf_of(&self.nodes, root, x) as usize].value);
-        }
-        logit(sum / self.roots.len() as f64)
-    }
-
-    /// The same value as `raw`, from the leaves.
+    /// The forest's log-odds for the leaves `x` reaches.
     fn log_odds(&self, leaves: &[u32]) -> f64 {
         let mut sum = 0.0;
         for &l in leaves {
