@@ -137,12 +137,26 @@ pub fn logit(p: f64) -> f64 {
 struct Node {
     threshold: f64,
     value: f32,
-    /// The split feature; for a leaf, how many steps its path has in `Forest::paths`.
+    /// The split feature; for a leaf, `COUNT`: the walk's padding slot, always 0.0,
+    /// which a leaf's threshold of +inf sends left.
     feature: u16,
-    /// Index of the left child within the forest's node array; 0 for a leaf. The right
-    /// child follows as `right`.
+    /// For a leaf, how many steps its path has in `Forest::paths`.
+    steps: u16,
+    /// The left child within the forest's node array; the right child is `left + 1`.
+    /// A leaf is its own left child, so that a walk of fixed depth stays on it.
     left: u32,
-    /// The right child; for a leaf, where its path starts in `Forest::paths`.
+    /// For a leaf, where its path starts in `Forest::paths`.
+    path: u32,
+}
+
+/// A node as the model file gives it (children by index, 0 for none), before
+/// `Forest::compile` lays the trees out for the walk.
+#[derive(Debug, Clone, Copy)]
+struct FileNode {
+    threshold: f64,
+    value: f32,
+    feature: u16,
+    left: u32,
     right: u32,
 }
 
@@ -167,6 +181,8 @@ struct Forest {
     nodes: Vec<Node>,
     roots: Vec<u32>,
     paths: Vec<PathStep>,
+    /// The deepest leaf's depth: every walk takes this many steps.
+    depth: usize,
 }
 
 /// A logistic regression with the standardization folded in: log-odds =
@@ -325,7 +341,7 @@ impl Model {
                         if !(0.0..=1.0).contains(&v) || (!leaf && !tree.threshold[i].is_finite()) {
                             return Err(invalid(format!("tree {t}, node {i}: bad value or threshold")));
                         }
-                        nodes.push(Node {
+                        nodes.push(FileNode {
                             threshold: tree.threshold[i],
                             value: v as f32,
                             feature: if leaf { 0 } else { map[f] as u16 },
@@ -334,7 +350,7 @@ impl Model {
                         });
                     }
                 }
-                Compiled::Forest(Box::new(Forest::with_paths(nodes, roots)))
+                Compiled::Forest(Box::new(Forest::compile(&nodes, &roots)))
             }
         };
         let Platt { a, b } = file.calibration;
@@ -358,7 +374,7 @@ impl Model {
         let x = f.as_slice();
         match &self.compiled {
             Compiled::Linear(l) => l.terms(x).1,
-            Compiled::Forest(forest) => forest.log_odds(&forest.leaves(x)),
+            Compiled::Forest(forest) => forest.log_odds(&forest.leaves(&f.0)),
         }
     }
 
@@ -390,7 +406,7 @@ impl Model {
                 }
             }
             Compiled::Forest(forest) => {
-                let leaves = forest.leaves(f.as_slice());
+                let leaves = forest.leaves(&f.0);
                 Explained {
                     score: self.calibrated(forest.log_odds(&leaves)),
                     contributions: forest.contributions(&leaves),
@@ -411,7 +427,7 @@ impl Model {
                 (p, wanted(p).then(|| top_by(k, |i| l.contribution(i, t[i]))))
             }
             Compiled::Forest(forest) => {
-                let leaves = forest.leaves(f.as_slice());
+                let leaves = forest.leaves(&f.0);
                 let p = self.calibrated(forest.log_odds(&leaves));
                 (p, wanted(p).then(|| top_of(&forest.contributions(&leaves), k)))
             }
@@ -427,7 +443,7 @@ impl Model {
         let x = f.as_slice();
         match &self.compiled {
             Compiled::Linear(l) => l.contributions(&l.terms(x).0),
-            Compiled::Forest(forest) => forest.contributions(&forest.leaves(x)),
+            Compiled::Forest(forest) => forest.contributions(&forest.leaves(&f.0)),
         }
     }
 
@@ -492,24 +508,54 @@ fn top_by(k: usize, contribution: impl Fn(usize) -> f64) -> Top {
 type Leaves = smallvec::SmallVec<[u32; 64]>;
 
 impl Forest {
-    /// Fills in each leaf's path contributions (`Node::feature` and `Node::right` of a
-    /// leaf point at them).
-    fn with_paths(mut nodes: Vec<Node>, roots: Vec<u32>) -> Forest {
+    /// Lays the trees of `file` (roots at `roots`) out for the walk, breadth first so
+    /// that a node's children are adjacent, and works out each leaf's path
+    /// contributions.
+    fn compile(file: &[FileNode], roots: &[u32]) -> Forest {
+        let blank = Node {
+            threshold: 0.0,
+            value: 0.0,
+            feature: 0,
+            steps: 0,
+            left: 0,
+            path: 0,
+        };
+        let mut nodes = Vec::with_capacity(file.len());
         let mut paths = Vec::new();
-        for &root in &roots {
-            // Depth first, carrying the path's summed change per feature so far.
-            let mut stack = vec![(root as usize, Vec::<PathStep>::new())];
-            while let Some((i, path)) = stack.pop() {
-                let n = nodes[i];
+        let mut laid_roots = Vec::with_capacity(roots.len());
+        let mut depth = 0;
+        for &root in roots {
+            laid_roots.push(nodes.len() as u32);
+            nodes.push(blank);
+            // (file node, its slot, the path's summed change per feature so far, depth)
+            let mut queue = std::collections::VecDeque::from([(root as usize, nodes.len() - 1, Vec::new(), 0)]);
+            while let Some((from, at, path, d)) = queue.pop_front() {
+                let n = file[from];
                 if n.left == 0 {
-                    nodes[i].right = paths.len() as u32;
-                    nodes[i].feature = path.len() as u16;
+                    depth = usize::max(depth, d);
+                    nodes[at] = Node {
+                        threshold: f64::INFINITY,
+                        value: n.value,
+                        feature: COUNT as u16,
+                        steps: path.len() as u16,
+                        left: at as u32,
+                        path: paths.len() as u32,
+                    };
                     paths.extend_from_slice(&path);
                     continue;
                 }
-                for next in [n.left, n.right] {
-                    let mut path = path.clone();
-                    let delta = f64::from(nodes[next as usize].value) - f64::from(n.value);
+                let left = nodes.len();
+                nodes.extend([blank, blank]);
+                nodes[at] = Node {
+                    threshold: n.threshold,
+                    value: n.value,
+                    feature: n.feature,
+                    left: left as u32,
+                    ..blank
+                };
+                for (next, slot) in [(n.left, left), (n.right, left + 1)] {
+                    let mut path: Vec<PathStep> = path.clone();
+                    let delta = f64::from(file[next as usize].value) - f64::from(n.value);
                     match path.iter_mut().find(|s| s.feature == n.feature) {
                         Some(step) => step.delta += delta,
                         None => path.push(PathStep {
@@ -517,15 +563,35 @@ impl Forest {
                             feature: n.feature,
                         }),
                     }
-                    stack.push((next as usize, path));
+                    queue.push_back((next as usize, slot, path, d + 1));
                 }
             }
         }
-        Forest { nodes, roots, paths }
+        Forest {
+            nodes,
+            roots: laid_roots,
+            paths,
+            depth,
+        }
     }
 
-    fn leaves(&self, x: &[f64]) -> Leaves {
-        self.roots.iter().map(|&root| leaf_of(&self.nodes, root, x)).collect()
+    /// The leaf each tree sends `x` to. All trees step together, level by level, and a
+    /// step is a comparison added to an index: no branch depends on the features, and
+    /// the trees' walks overlap instead of each waiting on its own loads.
+    fn leaves(&self, x: &[f64; COUNT]) -> Leaves {
+        let mut padded = [0.0; COUNT + 1];
+        padded[..COUNT].copy_from_slice(x);
+        let mut at: Leaves = self.roots.iter().copied().collect();
+        for _ in 0..self.depth {
+            for i in &mut at {
+                let n = &self.nodes[*i as usize];
+                // Right unless `x <= threshold`: the negation is the point, NaN goes right.
+                #[allow(clippy::neg_cmp_op_on_partial_ord)]
+                let right = !(padded[usize::from(n.feature)] <= n.threshold);
+                *i = n.left + u32::from(right);
+            }
+        }
+        at
     }
 
     /// The forest's log-odds for the leaves `x` reaches.
@@ -543,29 +609,14 @@ impl Forest {
         let mut out = [0.0; COUNT];
         for &l in leaves {
             let leaf = self.nodes[l as usize];
-            let start = leaf.right as usize;
-            for step in &self.paths[start..start + usize::from(leaf.feature)] {
+            let start = leaf.path as usize;
+            for step in &self.paths[start..start + usize::from(leaf.steps)] {
                 out[usize::from(step.feature)] += step.delta;
             }
         }
         let trees = self.roots.len() as f64;
         out.iter_mut().for_each(|v| *v /= trees);
         out
-    }
-}
-
-fn leaf_of(nodes: &[Node], root: u32, x: &[f64]) -> u32 {
-    let mut i = root;
-    loop {
-        let n = &nodes[i as usize];
-        if n.left == 0 {
-            return i;
-        }
-        i = if x[n.feature as usize] <= n.threshold {
-            n.left
-        } else {
-            n.right
-        };
     }
 }
 
@@ -704,15 +755,20 @@ mod tests {
         }
     }
 
-    /// The explanation worked out per leaf at load is the walk's: the change in fraud
-    /// share at every split passed, summed per feature, averaged over the trees.
+    /// The compiled forest (children adjacent, every tree walked to a fixed depth, each
+    /// leaf's explanation worked out at load) scores and explains as a walk of the
+    /// file's own trees does: the mean leaf share, and the change in fraud share at
+    /// every split passed, summed per feature, averaged over the trees.
     #[test]
-    fn leaf_paths_hold_the_walks_contributions() {
+    fn the_compiled_forest_is_the_files_trees() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/riskgate-default.model.json");
         let m = Model::load(&path).unwrap();
-        let Compiled::Forest(forest) = &m.compiled else {
+        let file: ModelFile = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let map = feature_map(&file.features, &file.feature_set_version, "test").unwrap();
+        let Classifier::RandomForest { trees } = &file.classifier else {
             panic!("the shipped model is a forest")
         };
+        let share = |tree: &Tree, i: usize| f64::from(tree.value[i] as f32);
         let mut explained = 0;
         for i in 0..500u32 {
             let mut f = Features::default();
@@ -720,25 +776,31 @@ mod tests {
                 let h = (i as usize * 13 + j * 29) % 89;
                 *v = if h % 4 == 0 { 0.0 } else { (h * h) as f64 / 5.0 };
             }
+            if i % 50 == 7 {
+                f.0[(i as usize) % COUNT] = f64::NAN;
+            }
             let x = f.as_slice();
             let mut walked = [0.0; COUNT];
-            for &root in &forest.roots {
-                let mut i = root as usize;
-                while forest.nodes[i].left != 0 {
-                    let n = forest.nodes[i];
-                    let next = if x[n.feature as usize] <= n.threshold {
-                        n.left
+            let mut leaf_shares = 0.0;
+            for tree in trees {
+                let mut i = 0;
+                while tree.left[i] != 0 {
+                    let feature = map[tree.feature[i] as usize];
+                    let next = if x[feature] <= tree.threshold[i] {
+                        tree.left[i]
                     } else {
-                        n.right
+                        tree.right[i]
                     } as usize;
-                    walked[n.feature as usize] += f64::from(forest.nodes[next].value) - f64::from(n.value);
+                    walked[feature] += share(tree, next) - share(tree, i);
                     i = next;
                 }
+                leaf_shares += share(tree, i);
             }
-            let trees = forest.roots.len() as f64;
+            let n = trees.len() as f64;
+            assert_eq!(m.raw(&f).to_bits(), logit(leaf_shares / n).to_bits());
             let from_leaves = m.contributions(&f);
             for (w, l) in walked.iter().zip(from_leaves) {
-                assert!((w / trees - l).abs() < 1e-12, "{w} vs {l}");
+                assert!((w / n - l).abs() < 1e-12, "{w} vs {l}");
             }
             explained += usize::from(from_leaves.iter().any(|c| *c != 0.0));
         }
