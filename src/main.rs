@@ -186,10 +186,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default();
                 init_logging(log.format, &log.level);
                 report_fds(fds);
+                let stopping = shutdown_signal();
                 let running = server::start_on(config, overrides, state).await?;
                 let stop = running.stopper();
                 tokio::spawn(async move {
-                    shutdown_signal().await;
+                    stopping.await;
                     tracing::info!("shutdown requested");
                     let _ = stop.send(true);
                 });
@@ -251,18 +252,33 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT, registered when called rather than when first polled: it is
+/// called before the gateway listens, so a SIGTERM that arrives as soon as it accepts
+/// connections drains them instead of killing the process (CI once sent one before
+/// the spawned waiter had run).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = wait(term) => {}
+                _ = wait(int) => {}
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
