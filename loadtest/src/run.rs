@@ -206,8 +206,9 @@ async fn connect(target: &Target) -> Result<SendRequest<Full<Bytes>>, ErrorKind>
 /// Waits until `due` with better than the timer's 1 ms granularity: sleeps to within two
 /// milliseconds, then yields until the time has come. Two, not one: tokio rounds a
 /// sleep's deadline up to the next millisecond tick and the driver's wait can end a tick
-/// after that, so a 1 ms margin woke up to ~1 ms late; at 5,000 req/s that was a third
-/// of all sends and a p99 of 1.17 ms against a stub that answers in 0.06 ms.
+/// after that, so a 1 ms margin woke up to ~1 ms late; at 5,000 req/s against a stub
+/// that answers in 0.06 ms, that was 1,836 of 25,000 sends over 1 ms late, a p90 of
+/// 1.08 ms and a p99 of 1.17 ms.
 async fn wait_until(due: Instant) {
     let margin = Duration::from_millis(2);
     if let Some(early) = due.checked_sub(margin) {
