@@ -254,8 +254,8 @@ fn init_logging(format: LogFormat, level: &str) {
 
 /// SIGTERM or SIGINT, registered when called rather than when first polled: it is
 /// called before the gateway listens, so a SIGTERM that arrives as soon as it accepts
-/// connections drains them instead of killing the process (CI once sent one before
-/// the spawned waiter had run).
+/// connections drains them instead of killing the process. (CI once saw the gateway
+/// die of a SIGTERM, which only a signal that arrives before registration can do.)
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
