@@ -843,7 +843,8 @@ mod tests {
         }
         assert_eq!(log.stats().errors, 1);
         fs::create_dir(&sub).unwrap();
-        std::thread::sleep(Duration::from_millis(80));
+        // Well past the 50 ms backoff, which starts a little after `errors` is counted.
+        std::thread::sleep(Duration::from_millis(400));
         log.record(rec(2));
         let stats = log.close(WAIT);
         assert_eq!(stats.errors, 1);

@@ -96,7 +96,7 @@ fn serve_honours_its_flags_reloads_on_sighup_and_drains_on_sigterm() {
     let up = rt.block_on(Upstream::start(Duration::ZERO));
     // Polling is off (an hour), so only SIGHUP can reload.
     let cfg = ConfigDir::new(&small_config("").replace("reload_poll_ms = 50", "reload_poll_ms = 3600000"));
-    let (port, admin_port) = (free_port(), free_port());
+    let [port, admin_port] = free_ports();
     let child = riskgate()
         .arg("serve")
         .arg("--config")
@@ -116,7 +116,7 @@ fn serve_honours_its_flags_reloads_on_sighup_and_drains_on_sigterm() {
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let c = client();
     rt.block_on(async {
-        let up_now = eventually(|| std::net::TcpStream::connect(addr).is_ok()).await;
+        let up_now = eventually_for(Duration::from_secs(30), || std::net::TcpStream::connect(addr).is_ok()).await;
         assert!(up_now, "gateway listens");
         // Its descriptor table was grown before its threads started (`fd_table`), to the
         // hard open-files limit (which it inherits from us) or 64 Ki, whichever is less.
@@ -179,7 +179,8 @@ fn serve_honours_its_flags_reloads_on_sighup_and_drains_on_sigterm() {
         .status()
         .unwrap();
     let mut exited = None;
-    for _ in 0..200 {
+    // Up to 30 s: a loaded machine may make the drain and exit slow.
+    for _ in 0..1_200 {
         if let Some(status) = child.0.try_wait().unwrap() {
             exited = Some(status);
             break;

@@ -326,12 +326,14 @@ async fn slowloris_is_cut_at_the_header_timeout() {
     let up = Upstream::start(Duration::ZERO).await;
     let cfg = ConfigDir::new(&timeout_config());
     let gw = gateway(&cfg, &up.url(), false).await;
+    // Before connecting: the gateway's clock starts at accept, and a pause of this
+    // thread after it must not make the cut look early.
+    let started = Instant::now();
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"POST /api/coupon/claim HTTP/1.1\r\nhost: x\r\n")
         .await
         .unwrap();
     // Trickle one header byte every 100 ms, for far longer than the timeout.
-    let started = Instant::now();
     let mut closed_after = None;
     for _ in 0..100 {
         if s.write_all(b"x").await.is_err() {

@@ -291,21 +291,37 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 }
 
 /// Polls until `f` holds or five seconds pass.
-pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..200 {
+pub async fn eventually(f: impl FnMut() -> bool) -> bool {
+    eventually_for(Duration::from_secs(5), f).await
+}
+
+/// `eventually`, for up to `limit`: for what a loaded machine may make slow (a debug
+/// build of the gateway starting, or draining and exiting), where waiting long costs
+/// nothing when all is well.
+#[allow(dead_code)]
+pub async fn eventually_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
         if f() {
             return true;
         }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    false
 }
 
 /// A loopback port that was free a moment ago (for processes that take a port number).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let [port] = free_ports();
+    port
+}
+
+/// `N` different loopback ports that were free a moment ago: all held until all are
+/// chosen, so that two of them cannot be the same port.
+#[allow(dead_code)]
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: [std::net::TcpListener; N] = std::array::from_fn(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    held.map(|l| l.local_addr().unwrap().port())
 }
