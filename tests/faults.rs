@@ -576,8 +576,7 @@ async fn admin_calls_need_the_bearer_token_and_top_lists_offenders() {
     // A device farm: the fourth account on one phone and later are blocked.
     for i in 0..8 {
         let user = format!("farm-{i}");
-        browse(&c, gw.addr, &user, "farm-phone").await;
-        claim(&c, gw.addr, &user, "farm-phone", &[]).await;
+        farm_visit(&c, gw.addr, &user, "farm-phone").await;
     }
     let admin = |path: &str| format!("http://{}{path}", gw.admin_addr);
     let bearer = format!("Bearer {TOKEN}");

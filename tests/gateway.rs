@@ -125,8 +125,7 @@ async fn the_default_config_blocks_a_device_with_many_accounts() {
     let c = client();
     let mut statuses = vec![];
     for user in ["farm-1", "farm-2", "farm-3", "farm-4", "farm-5"] {
-        browse(&c, gw.addr, user, "farm-phone").await;
-        statuses.push(claim(&c, gw.addr, user, "farm-phone", &[]).await.status.as_u16());
+        statuses.push(farm_visit(&c, gw.addr, user, "farm-phone").await.status.as_u16());
     }
     // Two accounts on one phone pass, the third is flagged for review (forwarded), the
     // fourth and later are blocked by device_many_accounts.
@@ -158,8 +157,7 @@ async fn shadow_mode_forwards_everything_but_records_the_decision() {
     let gw = gateway(&cfg, &up.url(), true).await;
     let c = client();
     for user in ["s-1", "s-2", "s-3", "s-4", "s-5"] {
-        browse(&c, gw.addr, user, "shadow-phone").await;
-        assert_eq!(claim(&c, gw.addr, user, "shadow-phone", &[]).await.status, 200);
+        assert_eq!(farm_visit(&c, gw.addr, user, "shadow-phone").await.status, 200);
     }
     let seen: Vec<_> = up.seen().into_iter().filter(|s| s.method == "POST").collect();
     assert_eq!(seen.len(), 5);

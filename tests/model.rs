@@ -530,8 +530,7 @@ async fn the_shipped_model_stops_a_farm_sooner_than_the_rules_alone_and_says_why
         let gw = gateway(&cfg, &up.url(), false).await;
         let mut statuses = Vec::new();
         for user in ["farm-1", "farm-2", "farm-3", "farm-4", "farm-5"] {
-            browse(&c, gw.addr, user, "farm-phone").await;
-            statuses.push(claim(&c, gw.addr, user, "farm-phone", &[]).await.status.as_u16());
+            statuses.push(farm_visit(&c, gw.addr, user, "farm-phone").await.status.as_u16());
         }
         let m = metrics(&c, gw.admin_addr).await;
         outcomes.push((statuses, metric(&m, "riskgate_model_required")));
