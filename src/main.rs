@@ -259,21 +259,14 @@ fn init_logging(format: LogFormat, level: &str) {
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
+        use riskgate::reload::delivered;
         use tokio::signal::unix::{signal, SignalKind};
-        let term = signal(SignalKind::terminate()).ok();
-        let int = signal(SignalKind::interrupt()).ok();
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut int = signal(SignalKind::interrupt()).ok();
         async move {
-            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
-                match s {
-                    Some(mut s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
-                _ = wait(term) => {}
-                _ = wait(int) => {}
+                _ = delivered(&mut term) => {}
+                _ = delivered(&mut int) => {}
             }
         }
     }

@@ -35,6 +35,17 @@ pub fn hangup() -> Hangup {
     return tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
 }
 
+/// The next delivery of a registered signal; never, for one that could not be registered.
+#[cfg(unix)]
+pub async fn delivered(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Watches for SIGHUP and file changes until shutdown.
 pub async fn watch<S: StateStore>(gw: Arc<Gateway<S>>, hup: Hangup, mut shutdown: watch::Receiver<bool>) {
     // Compared against the fingerprints taken when the running config was read, so a
@@ -51,14 +62,7 @@ pub async fn watch<S: StateStore>(gw: Arc<Gateway<S>>, hup: Hangup, mut shutdown
     let () = hup;
     loop {
         #[cfg(unix)]
-        let hangup = async {
-            match hup.as_mut() {
-                Some(h) => {
-                    h.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
+        let hangup = delivered(&mut hup);
         #[cfg(not(unix))]
         let hangup = std::future::pending::<()>();
         let forced = tokio::select! {

@@ -247,7 +247,6 @@ pub async fn browse(c: &TestClient, addr: SocketAddr, user: &str, device: &str) 
 /// same-millisecond gaps but would see a timer in back-to-back requests once a slow
 /// machine spreads them a millisecond or more apart, and stop accounts a test expects
 /// through; gaps that alternate this much are never regular.
-#[allow(dead_code)]
 pub async fn farm_visit(c: &TestClient, addr: SocketAddr, user: &str, device: &str) -> Answer {
     browse(c, addr, user, device).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -313,7 +312,6 @@ pub async fn eventually(f: impl FnMut() -> bool) -> bool {
 /// `eventually`, for up to `limit`: for what a loaded machine may make slow (a debug
 /// build of the gateway starting, or draining and exiting), where waiting long costs
 /// nothing when all is well.
-#[allow(dead_code)]
 pub async fn eventually_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + limit;
     loop {
@@ -335,7 +333,6 @@ pub fn free_port() -> u16 {
 
 /// `N` different loopback ports that were free a moment ago: all held until all are
 /// chosen, so that two of them cannot be the same port.
-#[allow(dead_code)]
 pub fn free_ports<const N: usize>() -> [u16; N] {
     let held: [std::net::TcpListener; N] = std::array::from_fn(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
     held.map(|l| l.local_addr().unwrap().port())
