@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use http::HeaderName;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -124,18 +125,6 @@ impl IdentitySpec {
         self.sources().any(|s| matches!(s, Source::Json(_)))
     }
 
-    /// True when [`identities`] may read the (lower-case) header `name`: a header
-    /// source, the cookie header for a cookie source, and X-Forwarded-For for the
-    /// client IP. The proxy copies only these headers into the event it scores.
-    pub fn reads_header(&self, name: &str) -> bool {
-        name == "x-forwarded-for"
-            || self.sources().any(|s| match s {
-                Source::Header(h) => h.as_str() == name,
-                Source::Cookie(_) => name == "cookie",
-                _ => false,
-            })
-    }
-
     /// Every configured source.
     pub fn sources(&self) -> impl Iterator<Item = &Source> {
         [
@@ -244,12 +233,111 @@ pub struct Identities {
 /// make every later stage hash and log megabytes.
 const MAX_IDENTITY_LEN: usize = 256;
 
-/// Reads the identities of `event` as `spec` says, resolving the client IP through
+/// What extraction reads of a request. An [`Event`] (replay, training) and the live
+/// request ([`Live`], in the proxy) read alike, through [`header_text`], so that a
+/// request has the same identities live and replayed, while the proxy builds an event
+/// only when the audit log captures it.
+pub trait RequestView {
+    /// The text of header `name`, repeated values joined as [`header_text`] joins them.
+    fn header(&self, name: &HeaderName) -> Option<Cow<'_, str>>;
+    /// The query string, without the `?`.
+    fn query(&self) -> &str;
+    /// The parsed JSON body; `None` when there is none or it was empty.
+    fn body(&self) -> Option<&serde_json::Value>;
+    /// The socket peer (before X-Forwarded-For is resolved).
+    fn peer(&self) -> IpAddr;
+}
+
+impl RequestView for Event {
+    fn header(&self, name: &HeaderName) -> Option<Cow<'_, str>> {
+        Event::header(self, name.as_str()).map(Cow::Borrowed)
+    }
+
+    fn query(&self) -> &str {
+        &self.query
+    }
+
+    fn body(&self) -> Option<&serde_json::Value> {
+        self.body.as_ref()
+    }
+
+    fn peer(&self) -> IpAddr {
+        self.client_ip
+    }
+}
+
+/// A live request as extraction reads it: borrowed from the request itself, nothing
+/// copied but the identities.
+pub struct Live<'a> {
+    headers: &'a http::HeaderMap,
+    query: &'a str,
+    body: Option<&'a serde_json::Value>,
+    peer: IpAddr,
+}
+
+impl<'a> Live<'a> {
+    /// `body` is the parsed JSON body of a route that reads one; `Null` (an empty body)
+    /// counts as none, as in the event the proxy records.
+    pub fn new(parts: &'a http::request::Parts, body: Option<&'a serde_json::Value>, peer: IpAddr) -> Live<'a> {
+        Live {
+            headers: &parts.headers,
+            query: parts.uri.query().unwrap_or(""),
+            body: body.filter(|b| !b.is_null()),
+            peer,
+        }
+    }
+}
+
+impl RequestView for Live<'_> {
+    fn header(&self, name: &HeaderName) -> Option<Cow<'_, str>> {
+        header_text(self.headers, name)
+    }
+
+    fn query(&self) -> &str {
+        self.query
+    }
+
+    fn body(&self) -> Option<&serde_json::Value> {
+        self.body
+    }
+
+    fn peer(&self) -> IpAddr {
+        self.peer
+    }
+}
+
+/// The text of header `name` as an event records it: the one value borrowed; repeated
+/// values joined as one list (RFC 9110 §5.3), cookies with `; `; bytes that are not
+/// UTF-8 replaced (the proxy refuses such identity headers before extraction).
+pub fn header_text<'h>(headers: &'h http::HeaderMap, name: &HeaderName) -> Option<Cow<'h, str>> {
+    // `from_utf8` first: its ASCII fast path is several times quicker than the
+    // byte-at-a-time scan of `from_utf8_lossy`, and header values are ASCII.
+    let text = |v: &'h http::HeaderValue| match std::str::from_utf8(v.as_bytes()) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(v.as_bytes()),
+    };
+    let mut values = headers.get_all(name).iter();
+    let first = text(values.next()?);
+    let Some(second) = values.next() else {
+        return Some(first);
+    };
+    let separator = if name == http::header::COOKIE { "; " } else { ", " };
+    let mut joined = first.into_owned();
+    for value in std::iter::once(second).chain(values) {
+        joined.push_str(separator);
+        joined.push_str(&text(value));
+    }
+    Some(Cow::Owned(joined))
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Reads the identities of `request` as `spec` says, resolving the client IP through
 /// `trusted_proxies`.
-pub fn identities(spec: &IdentitySpec, event: &Event, trusted_proxies: &[IpNet]) -> Identities {
-    let ip = client_ip(event.client_ip, event.header("x-forwarded-for"), trusted_proxies);
-    let read = |s: &Option<Source>| s.as_ref().and_then(|s| read_source(s, event, ip));
-    let user_agent = spec.user_agent.as_ref().and_then(|s| source_text(s, event, ip));
+pub fn identities(spec: &IdentitySpec, request: &impl RequestView, trusted_proxies: &[IpNet]) -> Identities {
+    let ip = client_ip(request.peer(), request.header(&X_FORWARDED_FOR).as_deref(), trusted_proxies);
+    let read = |s: &Option<Source>| s.as_ref().and_then(|s| read_source(s, request, ip));
+    let user_agent = spec.user_agent.as_ref().and_then(|s| source_text(s, request, ip));
     Identities {
         user: read(&spec.user),
         device: read(&spec.device),
@@ -301,32 +389,38 @@ pub fn client_ip(peer: IpAddr, xff: Option<&str>, trusted: &[IpNet]) -> IpAddr {
     current
 }
 
-fn read_source(source: &Source, event: &Event, ip: IpAddr) -> Option<String> {
-    kept(&source_text(source, event, ip)?)
+fn read_source(source: &Source, request: &impl RequestView, ip: IpAddr) -> Option<String> {
+    kept(&source_text(source, request, ip)?)
 }
 
 /// The value of `source` as the request has it: borrowed where it is already text.
-fn source_text<'e>(source: &Source, event: &'e Event, ip: IpAddr) -> Option<Cow<'e, str>> {
+fn source_text<'r>(source: &Source, request: &'r impl RequestView, ip: IpAddr) -> Option<Cow<'r, str>> {
     Some(match source {
-        Source::Header(name) => Cow::Borrowed(event.header(name.as_str())?),
+        Source::Header(name) => request.header(name)?,
         Source::Query(name) => {
-            form_urlencoded::parse(event.query.as_bytes())
+            form_urlencoded::parse(request.query().as_bytes())
                 .find(|(k, _)| k == name)?
                 .1
         }
-        Source::Cookie(name) => Cow::Borrowed(event.header("cookie").and_then(|c| {
-            c.split(';').find_map(|pair| {
-                let (k, v) = pair.trim().split_once('=')?;
-                (k == name).then_some(v)
-            })
-        })?),
-        Source::Json(pointer) => match pointer.resolve(event.body.as_ref()?)? {
+        Source::Cookie(name) => match request.header(&http::header::COOKIE)? {
+            Cow::Borrowed(all) => Cow::Borrowed(cookie(all, name)?),
+            Cow::Owned(all) => Cow::Owned(cookie(&all, name)?.to_string()),
+        },
+        Source::Json(pointer) => match pointer.resolve(request.body()?)? {
             serde_json::Value::String(s) => Cow::Borrowed(s.as_str()),
             serde_json::Value::Number(n) => Cow::Owned(n.to_string()),
             serde_json::Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
             _ => return None,
         },
         Source::Ip => Cow::Owned(ip.to_string()),
+    })
+}
+
+/// The value of cookie `name` in a Cookie header.
+fn cookie<'c>(cookies: &'c str, name: &str) -> Option<&'c str> {
+    cookies.split(';').find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        (k == name).then_some(v)
     })
 }
 

@@ -3,8 +3,8 @@
 
 use crate::config::{Mode, OnStateError};
 use crate::decide::{self, Decision, ResponseKind};
-use crate::event::Event;
-use crate::extract::{self, Identities};
+use crate::event::{Event, Label};
+use crate::extract::{self, Identities, RequestView};
 use crate::features::Features;
 use crate::record::{round_score, DecisionRecord};
 use crate::runtime::Runtime;
@@ -35,20 +35,21 @@ pub struct Assessment {
 pub async fn assess<S: StateStore>(rt: &Runtime, state: &S, hasher: &KeyHasher, event: &Event) -> Option<Assessment> {
     let method = http::Method::from_bytes(event.method.as_bytes()).ok()?;
     let route_index = rt.route(&method, &event.path)?;
-    Some(assess_route(rt, route_index, state, hasher, event).await)
+    Some(assess_route(rt, route_index, state, hasher, event, event.ts_ms).await)
 }
 
-/// Assesses one event on a route already found (the proxy routes before it reads the body).
+/// Assesses one request at `ts` (ms since the epoch) on a route already found (the
+/// proxy routes before it reads the body, and reads the live request, not an event).
 pub async fn assess_route<S: StateStore>(
     rt: &Runtime,
     route_index: usize,
     state: &S,
     hasher: &KeyHasher,
-    event: &Event,
+    request: &impl RequestView,
+    ts: u64,
 ) -> Assessment {
     let route = &rt.routes[route_index];
-    let identities = extract::identities(&route.identity, event, &rt.server.trusted_proxies);
-    let ts = event.ts_ms;
+    let identities = extract::identities(&route.identity, request, &rt.server.trusted_proxies);
     // A state outage or a slow backend: the route's degradation policy decides, counted.
     let (signals, degraded) = match signals::observe(state, hasher, route, &rt.signals, &identities, ts).await {
         Ok(s) => (Some(s), None),
@@ -101,17 +102,20 @@ pub async fn assess_route<S: StateStore>(
 }
 
 impl Assessment {
-    /// The decision record for this assessment of `event`.
+    /// The decision record for this assessment of the request made at `ts_ms`, with
+    /// the event's ground truth when replayed (`label`) and the whole event when the
+    /// audit log captures traffic (`event`).
     pub fn record<'a>(
         &'a self,
         rt: &'a Runtime,
-        event: &'a Event,
+        ts_ms: u64,
         request_id: &'a str,
-        capture: bool,
+        label: Option<&'a Label>,
+        event: Option<&'a Event>,
     ) -> DecisionRecord<'a> {
         let route = &rt.routes[self.route];
         DecisionRecord {
-            ts_ms: event.ts_ms,
+            ts_ms,
             request_id,
             route: &route.name,
             action: route.action.as_str(),
@@ -121,8 +125,8 @@ impl Assessment {
             identities: &self.identities,
             mode: self.mode.as_str(),
             model_score: self.score.model.map(round_score),
-            label: event.label.as_ref(),
-            event: capture.then_some(event),
+            label,
+            event,
         }
     }
 }

@@ -1,7 +1,6 @@
 //! Proxy: one client request through the pipeline, then forwarded to the upstream with
 //! risk headers, or answered locally. All HTTP error answers are made here.
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -143,20 +142,20 @@ async fn handle_routed<S: StateStore>(
         (None, limited(body, max))
     };
 
-    // Only the headers extraction reads are copied, unless audit records embed the event.
-    let event = event_of(&parts, peer.addr, json, |name| {
-        gw.capture_events || route.identity.reads_header(name)
-    });
-    let assessment = pipeline::assess_route(rt, route_index, &gw.state, &gw.hasher, &event).await;
+    let ts_ms = now_ms();
+    // Scored from the request itself: an event is built only for a capturing audit log.
+    let live = extract::Live::new(&parts, json.as_ref(), peer.addr.ip());
+    let assessment = pipeline::assess_route(rt, route_index, &gw.state, &gw.hasher, &live, ts_ms).await;
     gw.metrics.observe(rt, &assessment, started.elapsed().as_secs_f64());
     if assessment.decision.stops() {
         // Shadowed stops count too: a shadow deployment should show who it would stop.
-        gw.offenders.record(&assessment.identities, event.ts_ms);
+        gw.offenders.record(&assessment.identities, ts_ms);
     }
     if let Some(audit) = &gw.audit {
+        let event = gw.capture_events.then(|| event_of(&parts, peer.addr, json, ts_ms));
         let mut line = Vec::with_capacity(AUDIT_LINE_CAPACITY);
         assessment
-            .record(rt, &event, request_id, gw.capture_events)
+            .record(rt, ts_ms, request_id, None, event.as_ref())
             .write_json(&mut line);
         audit.record(line);
     }
@@ -418,37 +417,24 @@ fn parse_body(bytes: &[u8]) -> Option<serde_json::Value> {
     serde_json::from_slice(bytes).ok()
 }
 
-/// The request as an event record, stamped with the wall clock, with the headers that
-/// `keep` accepts.
-fn event_of(
-    parts: &http::request::Parts,
-    peer: SocketAddr,
-    body: Option<serde_json::Value>,
-    keep: impl Fn(&str) -> bool,
-) -> Event {
-    let mut headers = std::collections::BTreeMap::new();
-    for (name, value) in parts.headers.iter().filter(|(name, _)| keep(name.as_str())) {
-        // `from_utf8` first: its ASCII fast path is several times quicker than the
-        // byte-at-a-time scan of `from_utf8_lossy`, and header values are ASCII.
-        let value = match std::str::from_utf8(value.as_bytes()) {
-            Ok(text) => Cow::Borrowed(text),
-            Err(_) => String::from_utf8_lossy(value.as_bytes()),
-        };
-        // Repeated headers join as one list (RFC 9110 §5.3); cookies join with `; `.
-        let separator = if name == header::COOKIE { "; " } else { ", " };
-        headers
-            .entry(name.as_str().to_string())
-            .and_modify(|v: &mut String| {
-                v.push_str(separator);
-                v.push_str(&value);
-            })
-            .or_insert_with(|| value.into_owned());
-    }
+/// Milliseconds since the Unix epoch, by the wall clock: a request's `ts_ms`.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The request as an event record (DESIGN.md), made at `ts_ms`, for an audit log that
+/// captures traffic for replay.
+fn event_of(parts: &http::request::Parts, peer: SocketAddr, body: Option<serde_json::Value>, ts_ms: u64) -> Event {
+    let headers = parts
+        .headers
+        .keys()
+        .filter_map(|name| Some((name.as_str().to_string(), extract::header_text(&parts.headers, name)?.into_owned())))
+        .collect();
     Event {
-        ts_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
+        ts_ms,
         method: parts.method.as_str().to_string(),
         path: parts.uri.path().to_string(),
         query: parts.uri.query().unwrap_or("").to_string(),
@@ -494,4 +480,65 @@ pub fn local(status: StatusCode, code: &str, message: &str, request_id: &str) ->
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::{IdentitySpec, Live};
+
+    /// The proxy scores the live request; replay scores the event the audit log
+    /// captured of it. Both must read the same identities, repeated and odd headers too.
+    #[test]
+    fn a_live_request_has_the_identities_of_its_captured_event() {
+        let spec = IdentitySpec {
+            user: Some("header:x-user-id".parse().unwrap()),
+            device: Some("cookie:did".parse().unwrap()),
+            phone: Some("query:phone".parse().unwrap()),
+            campaign: Some("json:/campaign_id".parse().unwrap()),
+            inviter: Some("json:/ref/0".parse().unwrap()),
+            amount: Some("json:/amount".parse().unwrap()),
+            pay_account: Some("header:x-pay".parse().unwrap()),
+            address: Some("ip".parse().unwrap()),
+            user_agent: Some("header:user-agent".parse().unwrap()),
+            app_version: Some("header:x-app-version".parse().unwrap()),
+        };
+        let trusted = ["10.0.0.0/8".parse().unwrap()];
+        let peer: SocketAddr = "10.1.2.3:4000".parse().unwrap();
+        let body = serde_json::json!({"campaign_id": "c-1", "ref": [42], "amount": 101.5});
+        let requests = [
+            vec![("x-user-id", &b"u1"[..]), ("cookie", b"a=1; did=d-9"), ("user-agent", b"UA NetType/WIFI")],
+            // Repeated headers join: cookies with `; `, X-Forwarded-For as one list.
+            vec![
+                ("cookie", &b"a=1"[..]),
+                ("cookie", b"did=d-2"),
+                ("x-forwarded-for", b"198.51.100.7"),
+                ("x-forwarded-for", b"10.9.9.9"),
+                ("x-pay", b"  p-1  "),
+            ],
+            // Not UTF-8 (the proxy refuses it for an identity header, not elsewhere).
+            vec![("x-app-version", &b"3.\xff"[..]), ("user-agent", b"\xfe\xfe"), ("x-forwarded-for", b"junk")],
+            vec![],
+        ];
+        for (i, headers) in requests.iter().enumerate() {
+            let mut req = Request::builder().method("POST").uri("/api/claim?phone=p%2B1&x=2");
+            for (name, value) in headers {
+                req = req.header(*name, HeaderValue::from_bytes(value).unwrap());
+            }
+            let (parts, ()) = req.body(()).unwrap().into_parts();
+            for body in [Some(body.clone()), Some(serde_json::Value::Null), None] {
+                let inviter = body.as_ref().filter(|b| b.is_object()).map(|_| "42");
+                let live = extract::identities(&spec, &Live::new(&parts, body.as_ref(), peer.ip()), &trusted);
+                let event = event_of(&parts, peer, body, 1_000);
+                assert_eq!(live, extract::identities(&spec, &event, &trusted), "request {i}");
+                if i == 1 {
+                    assert_eq!(live.device.as_deref(), Some("d-2"));
+                    assert_eq!(live.ip.to_string(), "198.51.100.7");
+                    assert_eq!(live.pay_account.as_deref(), Some("p-1"));
+                    assert_eq!(live.phone.as_deref(), Some("p+1"));
+                    assert_eq!(live.inviter.as_deref(), inviter);
+                }
+            }
+        }
+    }
 }
