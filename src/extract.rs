@@ -335,7 +335,11 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// Reads the identities of `request` as `spec` says, resolving the client IP through
 /// `trusted_proxies`.
 pub fn identities(spec: &IdentitySpec, request: &impl RequestView, trusted_proxies: &[IpNet]) -> Identities {
-    let ip = client_ip(request.peer(), request.header(&X_FORWARDED_FOR).as_deref(), trusted_proxies);
+    let ip = client_ip(
+        request.peer(),
+        request.header(&X_FORWARDED_FOR).as_deref(),
+        trusted_proxies,
+    );
     let read = |s: &Option<Source>| s.as_ref().and_then(|s| read_source(s, request, ip));
     let user_agent = spec.user_agent.as_ref().and_then(|s| source_text(s, request, ip));
     Identities {

@@ -431,7 +431,12 @@ fn event_of(parts: &http::request::Parts, peer: SocketAddr, body: Option<serde_j
     let headers = parts
         .headers
         .keys()
-        .filter_map(|name| Some((name.as_str().to_string(), extract::header_text(&parts.headers, name)?.into_owned())))
+        .filter_map(|name| {
+            Some((
+                name.as_str().to_string(),
+                extract::header_text(&parts.headers, name)?.into_owned(),
+            ))
+        })
         .collect();
     Event {
         ts_ms,
@@ -507,7 +512,11 @@ mod tests {
         let peer: SocketAddr = "10.1.2.3:4000".parse().unwrap();
         let body = serde_json::json!({"campaign_id": "c-1", "ref": [42], "amount": 101.5});
         let requests = [
-            vec![("x-user-id", &b"u1"[..]), ("cookie", b"a=1; did=d-9"), ("user-agent", b"UA NetType/WIFI")],
+            vec![
+                ("x-user-id", &b"u1"[..]),
+                ("cookie", b"a=1; did=d-9"),
+                ("user-agent", b"UA NetType/WIFI"),
+            ],
             // Repeated headers join: cookies with `; `, X-Forwarded-For as one list.
             vec![
                 ("cookie", &b"a=1"[..]),
@@ -517,7 +526,11 @@ mod tests {
                 ("x-pay", b"  p-1  "),
             ],
             // Not UTF-8 (the proxy refuses it for an identity header, not elsewhere).
-            vec![("x-app-version", &b"3.\xff"[..]), ("user-agent", b"\xfe\xfe"), ("x-forwarded-for", b"junk")],
+            vec![
+                ("x-app-version", &b"3.\xff"[..]),
+                ("user-agent", b"\xfe\xfe"),
+                ("x-forwarded-for", b"junk"),
+            ],
             vec![],
         ];
         for (i, headers) in requests.iter().enumerate() {

@@ -135,7 +135,9 @@ impl Replayer {
     ) -> io::Result<()> {
         line.clear();
         match a {
-            Some(a) => a.record(&self.rt, event.ts_ms, id, event.label.as_ref(), None).write_json(line),
+            Some(a) => a
+                .record(&self.rt, event.ts_ms, id, event.label.as_ref(), None)
+                .write_json(line),
             None => {
                 let identities = extract::identities(&self.unrouted, event, &self.rt.server.trusted_proxies);
                 let record = DecisionRecord {
