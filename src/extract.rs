@@ -330,7 +330,8 @@ pub fn header_text<'h>(headers: &'h http::HeaderMap, name: &HeaderName) -> Optio
     Some(Cow::Owned(joined))
 }
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// The header a trusted proxy names the client in (the proxy appends to it too).
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Reads the identities of `request` as `spec` says, resolving the client IP through
 /// `trusted_proxies`.

@@ -15,7 +15,7 @@ use tracing::{debug, warn, Instrument};
 
 use crate::decide::{Decision, ResponseKind};
 use crate::event::Event;
-use crate::extract;
+use crate::extract::{self, X_FORWARDED_FOR};
 use crate::pipeline::{self, Assessment};
 use crate::runtime::{Runtime, Upstream};
 use crate::server::Gateway;
@@ -24,8 +24,6 @@ use crate::upstream::Error as UpstreamError;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Headers that describe one hop, not the request: never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 9] = [
