@@ -132,20 +132,31 @@ pub fn logit(p: f64) -> f64 {
     (p / (1.0 - p)).ln()
 }
 
-/// A flat tree node, laid out for the walk (24 bytes).
+/// A flat tree node, laid out for the walk: 16 bytes and 16-aligned, so that a node
+/// never straddles two cache lines and a line holds four. What only a leaf needs is
+/// in [`Leaf`], out of the walk's way.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C, align(16))]
 struct Node {
     threshold: f64,
-    value: f32,
-    /// The split feature; for a leaf, `COUNT`: the walk's padding slot, always 0.0,
-    /// which a leaf's threshold of +inf sends left.
-    feature: u16,
-    /// For a leaf, how many steps its path has in `Forest::paths`.
-    steps: u16,
     /// The left child within the forest's node array; the right child is `left + 1`.
     /// A leaf is its own left child, so that a walk of fixed depth stays on it.
     left: u32,
-    /// For a leaf, where its path starts in `Forest::paths`.
+    /// The split feature; for a leaf, `COUNT`: the walk's padding slot, always 0.0,
+    /// which a leaf's threshold of +inf sends left.
+    feature: u16,
+}
+
+const _: () = assert!(std::mem::size_of::<Node>() == 16);
+
+/// What the score and the explanation read of the node a walk ends on (for an inner
+/// node, only `value` is set).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Leaf {
+    value: f32,
+    /// How many steps the leaf's path has in `Forest::paths`.
+    steps: u16,
+    /// Where the leaf's path starts in `Forest::paths`.
     path: u32,
 }
 
@@ -179,6 +190,8 @@ enum Compiled {
 #[derive(Debug, Clone, PartialEq)]
 struct Forest {
     nodes: Vec<Node>,
+    /// Parallel to `nodes`.
+    leaf: Vec<Leaf>,
     roots: Vec<u32>,
     paths: Vec<PathStep>,
     /// The deepest leaf's depth: every walk takes this many steps.
@@ -514,19 +527,18 @@ impl Forest {
     fn compile(file: &[FileNode], roots: &[u32]) -> Forest {
         let blank = Node {
             threshold: 0.0,
-            value: 0.0,
-            feature: 0,
-            steps: 0,
             left: 0,
-            path: 0,
+            feature: 0,
         };
         let mut nodes = Vec::with_capacity(file.len());
+        let mut leaf = Vec::with_capacity(file.len());
         let mut paths = Vec::new();
         let mut laid_roots = Vec::with_capacity(roots.len());
         let mut depth = 0;
         for &root in roots {
             laid_roots.push(nodes.len() as u32);
             nodes.push(blank);
+            leaf.push(Leaf::default());
             // (file node, its slot, the path's summed change per feature so far, depth)
             let mut queue = std::collections::VecDeque::from([(root as usize, nodes.len() - 1, Vec::new(), 0)]);
             while let Some((from, at, path, d)) = queue.pop_front() {
@@ -535,10 +547,12 @@ impl Forest {
                     depth = usize::max(depth, d);
                     nodes[at] = Node {
                         threshold: f64::INFINITY,
-                        value: n.value,
-                        feature: COUNT as u16,
-                        steps: path.len() as u16,
                         left: at as u32,
+                        feature: COUNT as u16,
+                    };
+                    leaf[at] = Leaf {
+                        value: n.value,
+                        steps: path.len() as u16,
                         path: paths.len() as u32,
                     };
                     paths.extend_from_slice(&path);
@@ -546,13 +560,13 @@ impl Forest {
                 }
                 let left = nodes.len();
                 nodes.extend([blank, blank]);
+                leaf.extend([Leaf::default(), Leaf::default()]);
                 nodes[at] = Node {
                     threshold: n.threshold,
-                    value: n.value,
-                    feature: n.feature,
                     left: left as u32,
-                    ..blank
+                    feature: n.feature,
                 };
+                leaf[at].value = n.value;
                 for (next, slot) in [(n.left, left), (n.right, left + 1)] {
                     let mut path: Vec<PathStep> = path.clone();
                     let delta = f64::from(file[next as usize].value) - f64::from(n.value);
@@ -569,6 +583,7 @@ impl Forest {
         }
         Forest {
             nodes,
+            leaf,
             roots: laid_roots,
             paths,
             depth,
@@ -598,7 +613,7 @@ impl Forest {
     fn log_odds(&self, leaves: &[u32]) -> f64 {
         let mut sum = 0.0;
         for &l in leaves {
-            sum += f64::from(self.nodes[l as usize].value);
+            sum += f64::from(self.leaf[l as usize].value);
         }
         logit(sum / self.roots.len() as f64)
     }
@@ -608,7 +623,7 @@ impl Forest {
     fn contributions(&self, leaves: &[u32]) -> [f64; COUNT] {
         let mut out = [0.0; COUNT];
         for &l in leaves {
-            let leaf = self.nodes[l as usize];
+            let leaf = self.leaf[l as usize];
             let start = leaf.path as usize;
             for step in &self.paths[start..start + usize::from(leaf.steps)] {
                 out[usize::from(step.feature)] += step.delta;
