@@ -149,8 +149,8 @@ struct Node {
 
 const _: () = assert!(std::mem::size_of::<Node>() == 16);
 
-/// What the score and the explanation read of the node a walk ends on (for an inner
-/// node, only `value` is set).
+/// What the score and the explanation read of the leaf a walk ends on (an inner
+/// node's entry stays the default: no walk ends there).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 struct Leaf {
     value: f32,
@@ -566,7 +566,6 @@ impl Forest {
                     left: left as u32,
                     feature: n.feature,
                 };
-                leaf[at].value = n.value;
                 for (next, slot) in [(n.left, left), (n.right, left + 1)] {
                     let mut path: Vec<PathStep> = path.clone();
                     let delta = f64::from(file[next as usize].value) - f64::from(n.value);
