@@ -9,6 +9,7 @@ use http::HeaderName;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::body_fields::{BodyFields, FieldValues};
 use crate::event::Event;
 
 /// Where one identity is read from, as written in config: `header:NAME`, `query:NAME`,
@@ -90,6 +91,13 @@ impl From<&str> for JsonPointer {
     }
 }
 
+impl JsonPointer {
+    /// The pointer's reference tokens, unescaped.
+    pub fn tokens(&self) -> &[String] {
+        &self.tokens
+    }
+}
+
 impl fmt::Display for JsonPointer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
@@ -120,9 +128,13 @@ pub struct IdentitySpec {
 }
 
 impl IdentitySpec {
-    /// True when any identity is read from the JSON body, so the body must be buffered.
-    pub fn needs_json_body(&self) -> bool {
-        self.sources().any(|s| matches!(s, Source::Json(_)))
+    /// The JSON pointers of the identities read from the body (which must then be
+    /// buffered and read).
+    pub fn json_pointers(&self) -> impl Iterator<Item = &JsonPointer> {
+        self.sources().filter_map(|s| match s {
+            Source::Json(pointer) => Some(pointer),
+            _ => None,
+        })
     }
 
     /// Every configured source.
@@ -153,20 +165,50 @@ pub enum Ambiguity {
     NotUtf8(Source),
 }
 
+/// The identity headers of a request, each looked up once, by [`checked_headers`]:
+/// (name, its one value), so that extraction does not look them up again.
+/// (A plain array, one slot per identity: nothing to drop, so it can borrow the body.)
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdentityHeaders<'a> {
+    found: [Option<(&'a HeaderName, Option<&'a str>)>; IDENTITY_KINDS],
+}
+
+/// The identities an `IdentitySpec` names.
+const IDENTITY_KINDS: usize = 10;
+
+impl<'a> IdentityHeaders<'a> {
+    /// The header's value as `checked_headers` found it; `None` when it did not look.
+    fn get(&self, name: &HeaderName) -> Option<Option<&'a str>> {
+        self.found
+            .iter()
+            .map_while(|slot| *slot)
+            .find(|(n, _)| *n == name)
+            .map(|(_, value)| value)
+    }
+}
+
 /// Checks that every identity the route reads from headers, the query or cookies is
 /// given at most once and, for headers, as UTF-8. Gateways and backends disagree on
 /// which of two values counts (first, last, joined), so a client that repeats
 /// `x-device-id` could be keyed on one value here and served on another there: the
-/// proxy refuses such a request (400) instead of guessing.
-pub fn ambiguity(spec: &IdentitySpec, headers: &http::HeaderMap, query: &str) -> Option<Ambiguity> {
-    for source in spec.sources() {
+/// proxy refuses such a request (400) instead of guessing. Hands back the identity
+/// headers it read, for [`Live::new`].
+pub fn checked_headers<'a>(
+    spec: &'a IdentitySpec,
+    headers: &'a http::HeaderMap,
+    query: &str,
+) -> Result<IdentityHeaders<'a>, Ambiguity> {
+    let mut checked = IdentityHeaders::default();
+    for (slot, source) in spec.sources().enumerate() {
         let repeated = match source {
             Source::Header(name) => {
                 let mut values = headers.get_all(name).iter();
-                let first = values.next();
-                if first.is_some_and(|v| std::str::from_utf8(v.as_bytes()).is_err()) {
-                    return Some(Ambiguity::NotUtf8(source.clone()));
-                }
+                let first = match values.next().map(|v| std::str::from_utf8(v.as_bytes())) {
+                    Some(Err(_)) => return Err(Ambiguity::NotUtf8(source.clone())),
+                    Some(Ok(text)) => Some(text),
+                    None => None,
+                };
+                checked.found[slot] = Some((name, first));
                 values.next().is_some()
             }
             Source::Query(name) => {
@@ -192,10 +234,10 @@ pub fn ambiguity(spec: &IdentitySpec, headers: &http::HeaderMap, query: &str) ->
             Source::Json(_) | Source::Ip => false,
         };
         if repeated {
-            return Some(Ambiguity::Repeated(source.clone()));
+            return Err(Ambiguity::Repeated(source.clone()));
         }
     }
-    None
+    Ok(checked)
 }
 
 /// The identities of one request.
@@ -240,10 +282,16 @@ const MAX_IDENTITY_LEN: usize = 256;
 pub trait RequestView {
     /// The text of header `name`, repeated values joined as [`header_text`] joins them.
     fn header(&self, name: &HeaderName) -> Option<Cow<'_, str>>;
+    /// The text of identity header `name`: as [`RequestView::header`], or what an earlier
+    /// check already read of it.
+    fn identity_header(&self, name: &HeaderName) -> Option<Cow<'_, str>> {
+        self.header(name)
+    }
     /// The query string, without the `?`.
     fn query(&self) -> &str;
-    /// The parsed JSON body; `None` when there is none or it was empty.
-    fn body(&self) -> Option<&serde_json::Value>;
+    /// The text of the JSON body's scalar at `pointer` (a number as serde_json prints
+    /// it); `None` when there is no body, no such field or it is not a scalar.
+    fn json(&self, pointer: &JsonPointer) -> Option<Cow<'_, str>>;
     /// The socket peer (before X-Forwarded-For is resolved).
     fn peer(&self) -> IpAddr;
 }
@@ -257,8 +305,8 @@ impl RequestView for Event {
         &self.query
     }
 
-    fn body(&self) -> Option<&serde_json::Value> {
-        self.body.as_ref()
+    fn json(&self, pointer: &JsonPointer) -> Option<Cow<'_, str>> {
+        crate::body_fields::scalar_text(pointer.resolve(self.body.as_ref()?)?)
     }
 
     fn peer(&self) -> IpAddr {
@@ -270,19 +318,27 @@ impl RequestView for Event {
 /// copied but the identities.
 pub struct Live<'a> {
     headers: &'a http::HeaderMap,
+    identity_headers: IdentityHeaders<'a>,
     query: &'a str,
-    body: Option<&'a serde_json::Value>,
+    body: Option<(&'a BodyFields, &'a FieldValues<'a>)>,
     peer: IpAddr,
 }
 
 impl<'a> Live<'a> {
-    /// `body` is the parsed JSON body of a route that reads one; `Null` (an empty body)
-    /// counts as none, as in the event the proxy records.
-    pub fn new(parts: &'a http::request::Parts, body: Option<&'a serde_json::Value>, peer: IpAddr) -> Live<'a> {
+    /// `identity_headers` is what [`checked_headers`] read of the request (or nothing:
+    /// every header is then looked up); `body` is what a route that reads its JSON body
+    /// found in it: the route's fields and their values.
+    pub fn new(
+        parts: &'a http::request::Parts,
+        identity_headers: IdentityHeaders<'a>,
+        body: Option<(&'a BodyFields, &'a FieldValues<'a>)>,
+        peer: IpAddr,
+    ) -> Live<'a> {
         Live {
             headers: &parts.headers,
+            identity_headers,
             query: parts.uri.query().unwrap_or(""),
-            body: body.filter(|b| !b.is_null()),
+            body,
             peer,
         }
     }
@@ -293,12 +349,20 @@ impl RequestView for Live<'_> {
         header_text(self.headers, name)
     }
 
+    fn identity_header(&self, name: &HeaderName) -> Option<Cow<'_, str>> {
+        match self.identity_headers.get(name) {
+            Some(value) => value.map(Cow::Borrowed),
+            None => header_text(self.headers, name),
+        }
+    }
+
     fn query(&self) -> &str {
         self.query
     }
 
-    fn body(&self) -> Option<&serde_json::Value> {
-        self.body
+    fn json(&self, pointer: &JsonPointer) -> Option<Cow<'_, str>> {
+        let (fields, values) = self.body?;
+        values.get(fields, pointer).map(Cow::Borrowed)
     }
 
     fn peer(&self) -> IpAddr {
@@ -401,7 +465,7 @@ fn read_source(source: &Source, request: &impl RequestView, ip: IpAddr) -> Optio
 /// The value of `source` as the request has it: borrowed where it is already text.
 fn source_text<'r>(source: &Source, request: &'r impl RequestView, ip: IpAddr) -> Option<Cow<'r, str>> {
     Some(match source {
-        Source::Header(name) => request.header(name)?,
+        Source::Header(name) => request.identity_header(name)?,
         Source::Query(name) => {
             form_urlencoded::parse(request.query().as_bytes())
                 .find(|(k, _)| k == name)?
@@ -411,12 +475,7 @@ fn source_text<'r>(source: &Source, request: &'r impl RequestView, ip: IpAddr) -
             Cow::Borrowed(all) => Cow::Borrowed(cookie(all, name)?),
             Cow::Owned(all) => Cow::Owned(cookie(&all, name)?.to_string()),
         },
-        Source::Json(pointer) => match pointer.resolve(request.body()?)? {
-            serde_json::Value::String(s) => Cow::Borrowed(s.as_str()),
-            serde_json::Value::Number(n) => Cow::Owned(n.to_string()),
-            serde_json::Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
-            _ => return None,
-        },
+        Source::Json(pointer) => request.json(pointer)?,
         Source::Ip => Cow::Owned(ip.to_string()),
     })
 }
@@ -457,7 +516,7 @@ pub fn on_wifi(ua: &str) -> bool {
 impl JsonPointer {
     /// `Value::pointer` (RFC 6901) over the pre-split tokens: no allocation and no scan
     /// of the pointer per request.
-    fn resolve<'v>(&self, value: &'v serde_json::Value) -> Option<&'v serde_json::Value> {
+    pub(crate) fn resolve<'v>(&self, value: &'v serde_json::Value) -> Option<&'v serde_json::Value> {
         let mut target = value;
         for token in &self.tokens {
             target = match target {
@@ -648,7 +707,7 @@ mod tests {
                     http::HeaderValue::from_bytes(v).unwrap(),
                 );
             }
-            let got = ambiguity(&spec, &map, query).map(|a| match a {
+            let got = checked_headers(&spec, &map, query).err().map(|a| match a {
                 Ambiguity::Repeated(s) => format!("repeated {s}"),
                 Ambiguity::NotUtf8(s) => format!("not utf-8 {s}"),
             });

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod body_fields;
 pub mod cli;
 pub mod config;
 pub mod decide;

@@ -101,29 +101,25 @@ async fn handle_routed<S: StateStore>(
     };
     let route = &rt.routes[route_index];
     let (parts, body) = req.into_parts();
-    if let Some(problem) = extract::ambiguity(&route.identity, &parts.headers, parts.uri.query().unwrap_or("")) {
-        // The client learns only that the request is malformed, not which identity.
-        debug!(?problem, "ambiguous identity");
-        gw.metrics.rejected.with_label_values(&["bad_identity"]).inc();
-        return local(StatusCode::BAD_REQUEST, "bad_request", "malformed request", request_id);
-    }
-    let (json, body) = if route.needs_json_body {
+    let identity_headers =
+        match extract::checked_headers(&route.identity, &parts.headers, parts.uri.query().unwrap_or("")) {
+            Ok(headers) => headers,
+            Err(problem) => {
+                // The client learns only that the request is malformed, not which identity.
+                debug!(?problem, "ambiguous identity");
+                gw.metrics.rejected.with_label_values(&["bad_identity"]).inc();
+                return local(StatusCode::BAD_REQUEST, "bad_request", "malformed request", request_id);
+            }
+        };
+    let (bytes, body) = if !route.body_fields.is_empty() {
         match Limited::new(body, max).collect().await {
             Ok(collected) => {
                 let bytes = collected.to_bytes();
-                let Some(json) = parse_body(&bytes) else {
-                    // A body the gateway cannot read but a lenient backend might would
-                    // let a client hide the identities it carries (the inviter, say).
-                    gw.metrics.rejected.with_label_values(&["bad_json"]).inc();
-                    return local(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        "the request body is not valid JSON",
-                        request_id,
-                    );
-                };
-                (Some(json), Full::new(bytes).map_err(|never| match never {}).boxed())
+                let forwarded = Full::new(bytes.clone()).map_err(|never| match never {}).boxed();
+                (Some(bytes), forwarded)
             }
+            // A body the gateway cannot read but a lenient backend might would
+            // let a client hide the identities it carries (the inviter, say).
             Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(gw, request_id),
             Err(e) => {
                 debug!(error = %e, "client body read failed");
@@ -139,10 +135,29 @@ async fn handle_routed<S: StateStore>(
     } else {
         (None, limited(body, max))
     };
+    let fields = match bytes.as_deref().map(|b| route.body_fields.read(b)).transpose() {
+        Ok(fields) => fields,
+        Err(_) => {
+            // A body the gateway cannot read but a lenient backend might would let a
+            // client hide the identities it carries (the inviter, say).
+            gw.metrics.rejected.with_label_values(&["bad_json"]).inc();
+            return local(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request body is not valid JSON",
+                request_id,
+            );
+        }
+    };
 
     let ts_ms = now_ms();
     // Scored from the request itself: an event is built only for a capturing audit log.
-    let live = extract::Live::new(&parts, json.as_ref(), peer.addr.ip());
+    let live = extract::Live::new(
+        &parts,
+        identity_headers,
+        fields.as_ref().map(|f| (&route.body_fields, f)),
+        peer.addr.ip(),
+    );
     let assessment = pipeline::assess_route(rt, route_index, &gw.state, &gw.hasher, &live, ts_ms).await;
     gw.metrics.observe(rt, &assessment, started.elapsed().as_secs_f64());
     if assessment.decision.stops() {
@@ -150,7 +165,9 @@ async fn handle_routed<S: StateStore>(
         gw.offenders.record(&assessment.identities, ts_ms);
     }
     if let Some(audit) = &gw.audit {
-        let event = gw.capture_events.then(|| event_of(&parts, peer.addr, json, ts_ms));
+        let event = gw
+            .capture_events
+            .then(|| event_of(&parts, peer.addr, bytes.as_deref().and_then(parse_body), ts_ms));
         let mut line = Vec::with_capacity(AUDIT_LINE_CAPACITY);
         assessment
             .record(rt, ts_ms, request_id, None, event.as_ref())
@@ -408,10 +425,9 @@ fn limited(body: Incoming, max: usize) -> ProxyBody {
 
 /// The JSON body of a route that reads identities from it: `Null` when empty, `None`
 /// when it is not JSON (or not UTF-8, which JSON requires).
+/// The body an event records, parsed only for a capturing audit log (after
+/// `BodyFields::read` has accepted it): `None` when there is none (only whitespace).
 fn parse_body(bytes: &[u8]) -> Option<serde_json::Value> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Some(serde_json::Value::Null);
-    }
     serde_json::from_slice(bytes).ok()
 }
 
@@ -488,7 +504,8 @@ pub fn local(status: StatusCode, code: &str, message: &str, request_id: &str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::extract::{IdentitySpec, Live};
+    use crate::body_fields::BodyFields;
+    use crate::extract::{IdentityHeaders, IdentitySpec, Live};
 
     /// The proxy scores the live request; replay scores the event the audit log
     /// captured of it. Both must read the same identities, repeated and odd headers too.
@@ -537,11 +554,25 @@ mod tests {
                 req = req.header(*name, HeaderValue::from_bytes(value).unwrap());
             }
             let (parts, ()) = req.body(()).unwrap().into_parts();
-            for body in [Some(body.clone()), Some(serde_json::Value::Null), None] {
-                let inviter = body.as_ref().filter(|b| b.is_object()).map(|_| "42");
-                let live = extract::identities(&spec, &Live::new(&parts, body.as_ref(), peer.ip()), &trusted);
-                let event = event_of(&parts, peer, body, 1_000);
+            let fields = BodyFields::new(spec.json_pointers());
+            for bytes in [body.to_string(), "null".to_string(), " ".to_string()] {
+                let values = fields.read(bytes.as_bytes()).unwrap();
+                let inviter = bytes.starts_with('{').then_some("42");
+                let live = extract::identities(
+                    &spec,
+                    &Live::new(&parts, IdentityHeaders::default(), Some((&fields, &values)), peer.ip()),
+                    &trusted,
+                );
+                let event = event_of(&parts, peer, parse_body(bytes.as_bytes()), 1_000);
                 assert_eq!(live, extract::identities(&spec, &event, &trusted), "request {i}");
+                // What the proxy's identity check read reads the same (where it passes).
+                let query = parts.uri.query().unwrap_or("");
+                let checked = extract::checked_headers(&spec, &parts.headers, query);
+                assert_eq!(checked.is_ok(), i != 2, "request {i}");
+                if let Ok(checked) = checked {
+                    let live_checked = Live::new(&parts, checked, Some((&fields, &values)), peer.ip());
+                    assert_eq!(extract::identities(&spec, &live_checked, &trusted), live, "request {i}");
+                }
                 if i == 1 {
                     assert_eq!(live.device.as_deref(), Some("d-2"));
                     assert_eq!(live.ip.to_string(), "198.51.100.7");

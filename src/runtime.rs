@@ -11,6 +11,7 @@ use http::header::HeaderName;
 use http::{Method, Uri};
 use ipnet::IpNet;
 
+use crate::body_fields::BodyFields;
 use crate::config::{
     self, Action, ConfigError, ConfigFile, IdentityConfig, IdentityField, ListAction, ListKind, Mode, Problem,
     ResponseConfig, Unmatched,
@@ -118,7 +119,9 @@ pub struct Route {
     pub action: Action,
     pub upstream: Arc<Upstream>,
     pub identity: IdentitySpec,
-    pub needs_json_body: bool,
+    /// The JSON body fields its identities read; empty: the body is streamed through
+    /// unread.
+    pub body_fields: BodyFields,
     pub limits: Vec<Limit>,
     pub policy: Policy,
     pub mode: Mode,
@@ -709,7 +712,7 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
             }
         }
         routes.push(Route {
-            needs_json_body: identity.needs_json_body(),
+            body_fields: BodyFields::new(identity.json_pointers()),
             name,
             key: route_key,
             action: rc.action,
