@@ -16,7 +16,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use crate::extract::JsonPointer;
+use crate::extract::{array_index, JsonPointer};
 
 /// More pointers than a route can name (it has ten identities), so a set of active
 /// pointers fits a bit mask.
@@ -91,14 +91,6 @@ impl<'b> FieldValues<'b> {
         let at = fields.pointers.iter().position(|p| p == pointer)?;
         self.values.get(at)?.as_deref()
     }
-}
-
-/// `token` as an array index, as `Value::pointer` accepts one.
-fn array_index(token: &str) -> Option<usize> {
-    if token.is_empty() || (token.len() > 1 && token.starts_with('0')) || token.starts_with('+') {
-        return None;
-    }
-    token.parse().ok()
 }
 
 /// The text of a scalar as an identity reads it (a number as serde_json prints it).

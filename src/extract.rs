@@ -139,7 +139,7 @@ impl IdentitySpec {
 
     /// Every configured source.
     pub fn sources(&self) -> impl Iterator<Item = &Source> {
-        [
+        let all: [&Option<Source>; IDENTITY_KINDS] = [
             &self.user,
             &self.device,
             &self.phone,
@@ -150,9 +150,8 @@ impl IdentitySpec {
             &self.address,
             &self.user_agent,
             &self.app_version,
-        ]
-        .into_iter()
-        .flatten()
+        ];
+        all.into_iter().flatten()
     }
 }
 
@@ -173,7 +172,7 @@ pub struct IdentityHeaders<'a> {
     found: [Option<(&'a HeaderName, Option<&'a str>)>; IDENTITY_KINDS],
 }
 
-/// The identities an `IdentitySpec` names.
+/// The identities an `IdentitySpec` names (`sources` lists them in an array this long).
 const IDENTITY_KINDS: usize = 10;
 
 impl<'a> IdentityHeaders<'a> {
@@ -181,9 +180,9 @@ impl<'a> IdentityHeaders<'a> {
     fn get(&self, name: &HeaderName) -> Option<Option<&'a str>> {
         self.found
             .iter()
-            .map_while(|slot| *slot)
+            .flatten()
             .find(|(n, _)| *n == name)
-            .map(|(_, value)| value)
+            .map(|(_, value)| *value)
     }
 }
 
@@ -513,6 +512,15 @@ pub fn on_wifi(ua: &str) -> bool {
     })
 }
 
+/// `token` as an array index, as serde_json's `Value::pointer` reads one: decimal,
+/// without a sign or a leading zero (or `0` itself).
+pub(crate) fn array_index(token: &str) -> Option<usize> {
+    if token.is_empty() || (token.len() > 1 && token.starts_with('0')) || token.starts_with('+') {
+        return None;
+    }
+    token.parse().ok()
+}
+
 impl JsonPointer {
     /// `Value::pointer` (RFC 6901) over the pre-split tokens: no allocation and no scan
     /// of the pointer per request.
@@ -521,13 +529,7 @@ impl JsonPointer {
         for token in &self.tokens {
             target = match target {
                 serde_json::Value::Object(map) => map.get(token.as_str())?,
-                serde_json::Value::Array(list) => {
-                    // As serde_json: a decimal index without a leading zero (or `0` itself).
-                    if token.is_empty() || (token.len() > 1 && token.starts_with('0')) || token.starts_with('+') {
-                        return None;
-                    }
-                    list.get(token.parse::<usize>().ok()?)?
-                }
+                serde_json::Value::Array(list) => list.get(array_index(token)?)?,
                 _ => return None,
             };
         }
