@@ -4,9 +4,11 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use http::HeaderName;
 use ipnet::IpNet;
+use memchr::memmem;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::body_fields::{BodyFields, FieldValues};
@@ -139,7 +141,13 @@ impl IdentitySpec {
 
     /// Every configured source.
     pub fn sources(&self) -> impl Iterator<Item = &Source> {
-        let all: [&Option<Source>; IDENTITY_KINDS] = [
+        self.kinds().into_iter().flatten()
+    }
+
+    /// The source of each identity kind, configured or not, indexed by the `kind`
+    /// constants.
+    fn kinds(&self) -> [&Option<Source>; IDENTITY_KINDS] {
+        [
             &self.user,
             &self.device,
             &self.phone,
@@ -150,9 +158,22 @@ impl IdentitySpec {
             &self.address,
             &self.user_agent,
             &self.app_version,
-        ];
-        all.into_iter().flatten()
+        ]
     }
+}
+
+/// The index of each identity kind in `IdentitySpec::kinds`.
+mod kind {
+    pub const USER: usize = 0;
+    pub const DEVICE: usize = 1;
+    pub const PHONE: usize = 2;
+    pub const CAMPAIGN: usize = 3;
+    pub const INVITER: usize = 4;
+    pub const AMOUNT: usize = 5;
+    pub const PAY_ACCOUNT: usize = 6;
+    pub const ADDRESS: usize = 7;
+    pub const USER_AGENT: usize = 8;
+    pub const APP_VERSION: usize = 9;
 }
 
 /// Why a request's identities cannot be read unambiguously.
@@ -165,24 +186,24 @@ pub enum Ambiguity {
 }
 
 /// The identity headers of a request, each looked up once, by [`checked_headers`]:
-/// (name, its one value), so that extraction does not look them up again.
+/// (name, its one value) in the slot of its identity kind, so that extraction finds it
+/// again without a lookup.
 /// (A plain array, one slot per identity: nothing to drop, so it can borrow the body.)
 #[derive(Debug, Default, Clone, Copy)]
 pub struct IdentityHeaders<'a> {
     found: [Option<(&'a HeaderName, Option<&'a str>)>; IDENTITY_KINDS],
 }
 
-/// The identities an `IdentitySpec` names (`sources` lists them in an array this long).
+/// The identities an `IdentitySpec` names (`kinds` lists them in an array this long).
 const IDENTITY_KINDS: usize = 10;
 
 impl<'a> IdentityHeaders<'a> {
-    /// The header's value as `checked_headers` found it; `None` when it did not look.
-    fn get(&self, name: &HeaderName) -> Option<Option<&'a str>> {
-        self.found
-            .iter()
-            .flatten()
-            .find(|(n, _)| *n == name)
-            .map(|(_, value)| *value)
+    /// The value of identity `kind`'s header `name` as `checked_headers` found it;
+    /// `None` when it did not look (the name is checked, by address first: both come
+    /// from the same spec).
+    fn get(&self, kind: usize, name: &HeaderName) -> Option<Option<&'a str>> {
+        let (n, value) = (*self.found.get(kind)?)?;
+        (std::ptr::eq(n, name) || n == name).then_some(value)
     }
 }
 
@@ -198,7 +219,10 @@ pub fn checked_headers<'a>(
     query: &str,
 ) -> Result<IdentityHeaders<'a>, Ambiguity> {
     let mut checked = IdentityHeaders::default();
-    for (slot, source) in spec.sources().enumerate() {
+    for (slot, source) in spec.kinds().into_iter().enumerate() {
+        let Some(source) = source else {
+            continue;
+        };
         let repeated = match source {
             Source::Header(name) => {
                 let mut values = headers.get_all(name).iter();
@@ -281,9 +305,10 @@ const MAX_IDENTITY_LEN: usize = 256;
 pub trait RequestView {
     /// The text of header `name`, repeated values joined as [`header_text`] joins them.
     fn header(&self, name: &HeaderName) -> Option<Cow<'_, str>>;
-    /// The text of identity header `name`: as [`RequestView::header`], or what an earlier
-    /// check already read of it.
-    fn identity_header(&self, name: &HeaderName) -> Option<Cow<'_, str>> {
+    /// The text of identity `kind`'s header `name`: as [`RequestView::header`], or what
+    /// an earlier check already read of it.
+    fn identity_header(&self, kind: usize, name: &HeaderName) -> Option<Cow<'_, str>> {
+        let _ = kind;
         self.header(name)
     }
     /// The query string, without the `?`.
@@ -348,8 +373,8 @@ impl RequestView for Live<'_> {
         header_text(self.headers, name)
     }
 
-    fn identity_header(&self, name: &HeaderName) -> Option<Cow<'_, str>> {
-        match self.identity_headers.get(name) {
+    fn identity_header(&self, kind: usize, name: &HeaderName) -> Option<Cow<'_, str>> {
+        match self.identity_headers.get(kind, name) {
             Some(value) => value.map(Cow::Borrowed),
             None => header_text(self.headers, name),
         }
@@ -399,28 +424,32 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 /// Reads the identities of `request` as `spec` says, resolving the client IP through
 /// `trusted_proxies`.
 pub fn identities(spec: &IdentitySpec, request: &impl RequestView, trusted_proxies: &[IpNet]) -> Identities {
-    let ip = client_ip(
-        request.peer(),
-        request.header(&X_FORWARDED_FOR).as_deref(),
-        trusted_proxies,
-    );
-    let read = |s: &Option<Source>| s.as_ref().and_then(|s| read_source(s, request, ip));
-    let user_agent = spec.user_agent.as_ref().and_then(|s| source_text(s, request, ip));
+    // Without trusted proxies the peer is the client: no X-Forwarded-For lookup.
+    let xff = match trusted_proxies {
+        [] => None,
+        _ => request.header(&X_FORWARDED_FOR),
+    };
+    let ip = client_ip(request.peer(), xff.as_deref(), trusted_proxies);
+    let text = |k: usize, s: &Option<Source>| s.as_ref().and_then(|s| source_text(k, s, request, ip));
+    let read = |k: usize, s: &Option<Source>| text(k, s).as_deref().and_then(kept).map(str::to_string);
+    let user_agent = text(kind::USER_AGENT, &spec.user_agent);
     Identities {
-        user: read(&spec.user),
-        device: read(&spec.device),
+        user: read(kind::USER, &spec.user),
+        device: read(kind::DEVICE, &spec.device),
         ip,
         subnet: subnet_of(ip),
-        phone: read(&spec.phone),
-        campaign: read(&spec.campaign),
-        inviter: read(&spec.inviter),
-        amount: read(&spec.amount)
+        phone: read(kind::PHONE, &spec.phone),
+        campaign: read(kind::CAMPAIGN, &spec.campaign),
+        inviter: read(kind::INVITER, &spec.inviter),
+        amount: text(kind::AMOUNT, &spec.amount)
+            .as_deref()
+            .and_then(kept)
             .and_then(|a| a.parse::<f64>().ok())
             .filter(|a| a.is_finite()),
-        pay_account: read(&spec.pay_account),
-        address: read(&spec.address),
-        user_agent: user_agent.as_deref().and_then(kept),
-        app_version: read(&spec.app_version),
+        pay_account: read(kind::PAY_ACCOUNT, &spec.pay_account),
+        address: read(kind::ADDRESS, &spec.address),
+        user_agent: user_agent.as_deref().and_then(kept).map(str::to_string),
+        app_version: read(kind::APP_VERSION, &spec.app_version),
         wifi: user_agent.as_deref().is_some_and(on_wifi),
     }
 }
@@ -457,14 +486,10 @@ pub fn client_ip(peer: IpAddr, xff: Option<&str>, trusted: &[IpNet]) -> IpAddr {
     current
 }
 
-fn read_source(source: &Source, request: &impl RequestView, ip: IpAddr) -> Option<String> {
-    kept(&source_text(source, request, ip)?)
-}
-
 /// The value of `source` as the request has it: borrowed where it is already text.
-fn source_text<'r>(source: &Source, request: &'r impl RequestView, ip: IpAddr) -> Option<Cow<'r, str>> {
+fn source_text<'r>(kind: usize, source: &Source, request: &'r impl RequestView, ip: IpAddr) -> Option<Cow<'r, str>> {
     Some(match source {
-        Source::Header(name) => request.identity_header(name)?,
+        Source::Header(name) => request.identity_header(kind, name)?,
         Source::Query(name) => {
             form_urlencoded::parse(request.query().as_bytes())
                 .find(|(k, _)| k == name)?
@@ -487,9 +512,9 @@ fn cookie<'c>(cookies: &'c str, name: &str) -> Option<&'c str> {
     })
 }
 
-/// What an identity keeps of a value: trimmed (`None` when nothing is left), copied
-/// once, cut to `MAX_IDENTITY_LEN` bytes at a character boundary.
-fn kept(value: &str) -> Option<String> {
+/// What an identity keeps of a value: trimmed (`None` when nothing is left) and cut to
+/// `MAX_IDENTITY_LEN` bytes at a character boundary.
+fn kept(value: &str) -> Option<&str> {
     let value = value.trim();
     if value.is_empty() {
         return None;
@@ -498,14 +523,17 @@ fn kept(value: &str) -> Option<String> {
     while !value.is_char_boundary(end) {
         end -= 1;
     }
-    Some(value[..end].to_string())
+    Some(&value[..end])
 }
 
 /// The user agent reports a Wi-Fi connection: WeChat and Alipay mini programs append
 /// `NetType/WIFI` (or `NetType/4G`, `5G`, ...) to their user agents, near the end of
 /// strings often longer than an identity is kept.
 pub fn on_wifi(ua: &str) -> bool {
-    ua.find("NetType/").is_some_and(|at| {
+    // A searcher built once: `str::find` sets up a two-way searcher per call, which
+    // cost more than the search of a user agent itself.
+    static NET_TYPE: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new("NetType/"));
+    NET_TYPE.find(ua.as_bytes()).is_some_and(|at| {
         ua.as_bytes()
             .get(at + 8..at + 12)
             .is_some_and(|t| t.eq_ignore_ascii_case(b"wifi"))
@@ -608,6 +636,11 @@ mod tests {
             body,
             label: None,
         }
+    }
+
+    /// An identity read from `source` as `identities` reads one.
+    fn read_source(source: &Source, ev: &Event, ip: IpAddr) -> Option<String> {
+        kept(&source_text(kind::USER, source, ev, ip)?).map(str::to_string)
     }
 
     fn check_source(src: &str, ev: &Event, expect: Option<&str>) {

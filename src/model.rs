@@ -517,6 +517,10 @@ fn top_by(k: usize, contribution: impl Fn(usize) -> f64) -> Top {
     top
 }
 
+/// The walk's feature slots: the features, the leaves' padding slot (`COUNT`, always
+/// 0.0) and zeros up to a power of two.
+const FEATURE_SLOTS: usize = (COUNT + 1).next_power_of_two();
+
 /// The leaf each tree sends a request to (room for 64 trees on the stack).
 type Leaves = smallvec::SmallVec<[u32; 64]>;
 
@@ -580,6 +584,17 @@ impl Forest {
                 }
             }
         }
+        // Padded to a power of two with unreachable leaves, so that the walk can index
+        // by a mask and carry no bounds check (`leaves`).
+        let padded_len = nodes.len().next_power_of_two();
+        for at in nodes.len()..padded_len {
+            nodes.push(Node {
+                threshold: f64::INFINITY,
+                left: at as u32,
+                feature: COUNT as u16,
+            });
+            leaf.push(Leaf::default());
+        }
         Forest {
             nodes,
             leaf,
@@ -592,16 +607,23 @@ impl Forest {
     /// The leaf each tree sends `x` to. All trees step together, level by level, and a
     /// step is a comparison added to an index: no branch depends on the features, and
     /// the trees' walks overlap instead of each waiting on its own loads.
+    ///
+    /// Both loads of a step are indexed through a mask (the node array's length and the
+    /// feature slots are powers of two, and every index is already in range), so that
+    /// the compiler drops their bounds checks: 4 of a step's 15 instructions.
     fn leaves(&self, x: &[f64; COUNT]) -> Leaves {
-        let mut padded = [0.0; COUNT + 1];
+        let mut padded = [0.0; FEATURE_SLOTS];
         padded[..COUNT].copy_from_slice(x);
+        let mask = self.nodes.len() - 1;
+        // A slice of exactly `mask + 1` nodes: `i & mask` is in it, as the compiler sees.
+        let nodes = &self.nodes[..=mask];
         let mut at: Leaves = self.roots.iter().copied().collect();
         for _ in 0..self.depth {
             for i in &mut at {
-                let n = &self.nodes[*i as usize];
+                let n = &nodes[*i as usize & mask];
                 // Right unless `x <= threshold`: the negation is the point, NaN goes right.
                 #[allow(clippy::neg_cmp_op_on_partial_ord)]
-                let right = !(padded[usize::from(n.feature)] <= n.threshold);
+                let right = !(padded[usize::from(n.feature) & (FEATURE_SLOTS - 1)] <= n.threshold);
                 *i = n.left + u32::from(right);
             }
         }
