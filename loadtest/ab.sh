@@ -14,6 +14,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=loadtest/common.sh
+. "$ROOT/loadtest/common.sh"
 ROUNDS=4
 DURATION=5
 CONNECTIONS=50
@@ -51,8 +53,7 @@ ln -s "$ROOT/models" "$WORK/models"
 
 PIDS=()
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    stop_servers
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -85,15 +86,7 @@ for variant in "${VARIANTS[@]}"; do
     port=$((port + 1))
 done
 
-for name in "${ORDER[@]}"; do
-    for _ in $(seq 100); do
-        code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'x-user-id: u1' -H 'x-device-id: d1' \
-            "http://127.0.0.1:${PORT[$name]}/api/coupon/claim" || true)
-        [ "$code" = 200 ] && break
-        sleep 0.1
-    done
-    [ "$code" = 200 ] || { echo "ab.sh: $name does not answer 200 (got $code; see $WORK/$name.log)" >&2; exit 1; }
-done
+for name in "${ORDER[@]}"; do wait_until_serving ab.sh "$name" "${PORT[$name]}"; done
 
 ticks() {
     local sum=0 pid

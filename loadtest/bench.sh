@@ -26,6 +26,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=loadtest/common.sh
+. "$ROOT/loadtest/common.sh"
 ROUNDS=3
 DURATION=8
 CONNECTIONS=50
@@ -90,7 +92,7 @@ fi
 
 PIDS=()
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    stop_servers
     if [ -f "$WORK/nginx.pid" ]; then kill -QUIT "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; fi
     wait 2>/dev/null || true
 }
@@ -160,15 +162,7 @@ PIDS+=($!)
 NGINX_MASTER=$!
 
 # Wait until every target answers.
-for name in "${!PORT[@]}"; do
-    for _ in $(seq 100); do
-        code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'x-user-id: u1' -H 'x-device-id: d1' \
-            "http://127.0.0.1:${PORT[$name]}/api/coupon/claim" || true)
-        [ "$code" = 200 ] && break
-        sleep 0.1
-    done
-    [ "$code" = 200 ] || { echo "bench.sh: $name does not answer 200 (got $code)" >&2; exit 1; }
-done
+for name in "${!PORT[@]}"; do wait_until_serving bench.sh "$name" "${PORT[$name]}"; done
 NGINX_WORKERS=$(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')
 # "Fully on" means with the trained model: refuse to measure a riskgate that runs without it.
 if [ -z "$FULL_CONFIG" ] && ! curl -s "http://127.0.0.1:$((${PORT[riskgate-full]} + 1000))/metrics" \

@@ -16,6 +16,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=loadtest/common.sh
+. "$ROOT/loadtest/common.sh"
 REQUESTS=6000
 RATE=300
 CONFIG="$ROOT/config/riskgate.toml"
@@ -57,8 +59,7 @@ cp "$CONFIG" "$WORK/config/riskgate.toml"
 
 PIDS=()
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    stop_servers
     rm -rf "$WORK"
 }
 trap cleanup EXIT

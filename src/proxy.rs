@@ -309,8 +309,9 @@ async fn forward<S: StateStore>(
     let req = Request::from_parts(parts, body);
 
     let started = Instant::now();
-    let timeout = std::time::Duration::from_millis(rt.server.upstream_timeout_ms);
-    let result = tokio::time::timeout(timeout, gw.upstreams.send(&upstream.connect_to, req)).await;
+    // The deadline from the same clock read (`timeout` would read it again).
+    let deadline = started + std::time::Duration::from_millis(rt.server.upstream_timeout_ms);
+    let result = tokio::time::timeout_at(deadline.into(), gw.upstreams.send(&upstream.connect_to, req)).await;
     let errors = |kind: &str| gw.metrics.upstream_errors.with_label_values(&[route_name, kind]).inc();
     match result {
         Ok(Ok(resp)) => {

@@ -38,7 +38,9 @@ pub struct Runtime {
     pub headers: HeaderNames,
     pub routes: Vec<Route>,
     /// Exact paths per method, looked up without allocating.
-    exact: HashMap<Method, HashMap<String, usize>>,
+    /// foldhash, not SipHash: the keys come from the config, so a request's path (the
+    /// attacker's input) can only be looked up, never make the table collide.
+    exact: RouteMap<Method, RouteMap<String, usize>>,
     prefixes: Vec<(Option<Method>, String, usize)>,
     pub rules: Vec<Rule>,
     pub lists: Vec<List>,
@@ -525,7 +527,7 @@ pub fn build(file: &ConfigFile, path: &Path, text: &str, hasher: &KeyHasher) -> 
     });
 
     let mut routes: Vec<Route> = Vec::new();
-    let mut exact: HashMap<Method, HashMap<String, usize>> = HashMap::new();
+    let mut exact: RouteMap<Method, RouteMap<String, usize>> = RouteMap::default();
     let mut prefixes = Vec::new();
     for (i, rc) in file.routes.iter().enumerate() {
         let key = format!("routes[{i}]");
@@ -1135,6 +1137,9 @@ fn merge_identity(defaults: &IdentityConfig, route: &IdentityConfig) -> Identity
         app_version: pick(&route.app_version, &defaults.app_version),
     }
 }
+
+/// The route table's maps (see `Runtime::exact`).
+type RouteMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 type ListEntries = (HashSet<String>, HashSet<IpAddr>, Vec<IpNet>);
 
