@@ -95,6 +95,12 @@ cleanup() {
     stop_servers
     if [ -f "$WORK/nginx.pid" ]; then kill -QUIT "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; fi
     wait 2>/dev/null || true
+    # The results stay; the rest goes (the audit logs alone are hundreds of MB a run).
+    if [ "$OUT" = "$WORK/results" ]; then
+        find "$WORK" -mindepth 1 -maxdepth 1 ! -name results -exec rm -rf {} +
+    else
+        rm -rf "$WORK"
+    fi
 }
 trap cleanup EXIT
 
@@ -165,8 +171,9 @@ NGINX_MASTER=$!
 for name in "${!PORT[@]}"; do wait_until_serving bench.sh "$name" "${PORT[$name]}"; done
 NGINX_WORKERS=$(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')
 # "Fully on" means with the trained model: refuse to measure a riskgate that runs without it.
-if [ -z "$FULL_CONFIG" ] && ! curl -s "http://127.0.0.1:$((${PORT[riskgate-full]} + 1000))/metrics" \
-        | grep -q '^riskgate_model_loaded 1'; then
+# (The page is read whole first: `curl | grep -q` under pipefail fails whenever grep
+# stops reading before curl has written everything.)
+if [ -z "$FULL_CONFIG" ] && ! grep -q '^riskgate_model_loaded 1' <<<"$(curl -s "http://127.0.0.1:$((${PORT[riskgate-full]} + 1000))/metrics")"; then
     echo "bench.sh: riskgate-full has no model loaded (see $WORK/riskgate-full.log)" >&2; exit 1
 fi
 
