@@ -307,8 +307,7 @@ pub trait RequestView {
     fn header(&self, name: &HeaderName) -> Option<Cow<'_, str>>;
     /// The text of identity `kind`'s header `name`: as [`RequestView::header`], or what
     /// an earlier check already read of it.
-    fn identity_header(&self, kind: usize, name: &HeaderName) -> Option<Cow<'_, str>> {
-        let _ = kind;
+    fn identity_header(&self, _kind: usize, name: &HeaderName) -> Option<Cow<'_, str>> {
         self.header(name)
     }
     /// The query string, without the `?`.
@@ -592,6 +591,59 @@ mod tests {
         let ids = identities(&spec, &ev, &[]);
         assert!(ids.wifi);
         assert_eq!(ids.user_agent.map(|ua| ua.len()), Some(MAX_IDENTITY_LEN));
+    }
+
+    #[test]
+    fn identity_headers_are_found_again_in_the_slot_of_their_kind() {
+        // Every kind read from its own header, some of them absent: the checked slots
+        // must hand each kind its own header's value, as a plain lookup does.
+        let name = |k: usize| format!("x-id-{k}");
+        let source = |k: usize| Some(format!("header:{}", name(k)).parse::<Source>().unwrap());
+        let spec = IdentitySpec {
+            user: source(kind::USER),
+            device: source(kind::DEVICE),
+            phone: source(kind::PHONE),
+            campaign: source(kind::CAMPAIGN),
+            inviter: source(kind::INVITER),
+            amount: source(kind::AMOUNT),
+            pay_account: source(kind::PAY_ACCOUNT),
+            address: source(kind::ADDRESS),
+            user_agent: source(kind::USER_AGENT),
+            app_version: source(kind::APP_VERSION),
+        };
+        let mut req = http::Request::builder();
+        for k in (0..IDENTITY_KINDS).filter(|k| k % 3 != 1) {
+            req = req.header(name(k), format!("{k}"));
+        }
+        let (parts, ()) = req.body(()).unwrap().into_parts();
+        let peer: IpAddr = "198.51.100.1".parse().unwrap();
+        let checked = checked_headers(&spec, &parts.headers, "").unwrap();
+        // Each slot holds its kind's header, found or not (no lookup left to make).
+        for (k, source) in spec.kinds().into_iter().enumerate() {
+            let Some(Source::Header(header)) = source else {
+                unreachable!()
+            };
+            let want = (k % 3 != 1).then(|| k.to_string());
+            assert_eq!(
+                checked.get(k, header).map(|v| v.map(str::to_string)),
+                Some(want),
+                "kind {k}"
+            );
+        }
+        let found = identities(&spec, &Live::new(&parts, checked, None, peer), &[]);
+        let looked_up = identities(&spec, &Live::new(&parts, IdentityHeaders::default(), None, peer), &[]);
+        assert_eq!(found, looked_up);
+        let text = |k: usize| (k % 3 != 1).then(|| k.to_string());
+        assert_eq!(found.user, text(kind::USER));
+        assert_eq!(found.device, text(kind::DEVICE));
+        assert_eq!(found.phone, text(kind::PHONE));
+        assert_eq!(found.campaign, text(kind::CAMPAIGN));
+        assert_eq!(found.inviter, text(kind::INVITER));
+        assert_eq!(found.amount, Some(5.0));
+        assert_eq!(found.pay_account, text(kind::PAY_ACCOUNT));
+        assert_eq!(found.address, text(kind::ADDRESS));
+        assert_eq!(found.user_agent, text(kind::USER_AGENT));
+        assert_eq!(found.app_version, text(kind::APP_VERSION));
     }
 
     #[test]
