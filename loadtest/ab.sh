@@ -36,20 +36,10 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ ${#VARIANTS[@]} -gt 0 ] || { echo "ab.sh: give at least one NAME=CONFIG[@BINARY]" >&2; exit 2; }
-for tool in taskset python3 curl; do
-    command -v "$tool" >/dev/null || { echo "ab.sh: needs $tool" >&2; exit 2; }
-done
-
-cd "$ROOT"
-if [ "$BUILD" = 1 ]; then
-    cargo build --release --workspace --bins
-fi
-BIN="$ROOT/target/release"
+need_tools ab.sh "" taskset python3 curl
+build_bins
 WORK=$(mktemp -d /tmp/riskgate-ab.XXXXXX)
 echo "work dir $WORK"
-# The repository's layout, so that relative list and model paths resolve; each variant
-# gets its own config dir, so that its audit log does not share a file with another's.
-ln -s "$ROOT/models" "$WORK/models"
 
 PIDS=()
 cleanup() {
@@ -73,6 +63,8 @@ for variant in "${VARIANTS[@]}"; do
     config=${spec%%@*}
     binary="$BIN/riskgate"
     [ "$spec" != "$config" ] && binary=$(realpath "${spec#*@}")
+    # The repository's layout, so that relative list and model paths resolve, one per
+    # variant, so that its audit log does not share a file with another's.
     mkdir -p "$WORK/$name/config"
     cp -r "$ROOT/config/lists" "$WORK/$name/config/lists"
     ln -s "$ROOT/models" "$WORK/$name/models"
@@ -95,16 +87,14 @@ ticks() {
     done
     echo $sum
 }
-load() { taskset -c "$LOAD_CPU" "$BIN/loadtest" --json "$@"; }
 
 for name in "${ORDER[@]}"; do
     load --target "http://127.0.0.1:${PORT[$name]}" --max --connections "$CONNECTIONS" --duration 2 >/dev/null
 done
 RESULTS="$WORK/ab.tsv"
 for round in $(seq "$ROUNDS"); do
-    shift_by=$(( (round - 1) % ${#ORDER[@]} ))
-    rotated=("${ORDER[@]:$shift_by}" "${ORDER[@]:0:$shift_by}")
-    for name in "${rotated[@]}"; do
+    rotated_order "$round"
+    for name in "${ROTATED[@]}"; do
         before=$(ticks "$name")
         load --target "http://127.0.0.1:${PORT[$name]}" --max --connections "$CONNECTIONS" \
             --duration "$DURATION" --seed "$round" > "$WORK/out.json"

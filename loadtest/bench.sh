@@ -60,17 +60,11 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-for tool in taskset python3 curl; do
-    command -v "$tool" >/dev/null || { echo "bench.sh: needs $tool" >&2; exit 2; }
-done
+need_tools bench.sh "" taskset python3 curl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || { echo "bench.sh: needs nginx (apt-get install -y nginx)" >&2; exit 2; }
 
-cd "$ROOT"
-if [ "$BUILD" = 1 ]; then
-    cargo build --release --workspace --bins
-fi
-BIN="$ROOT/target/release"
+build_bins
 WORK=$(mktemp -d /tmp/riskgate-bench.XXXXXX)
 OUT=${OUT:-$WORK/results}
 mkdir -p "$OUT"
@@ -194,7 +188,6 @@ ticks() {
     echo $sum
 }
 
-load() { taskset -c "$LOAD_CPU" "$BIN/loadtest" --json "$@"; }
 
 ORDER=(direct passthrough passthrough-ct riskgate-rules riskgate-full nginx nginx-limit)
 echo "warm-up: 2 s each"
@@ -205,10 +198,8 @@ done
 RESULTS="$OUT/max.tsv"
 echo -e "round\trow\trps\tp50_us\tp99_us\tp999_us\terrors\tnon2xx\tserver_cpu_us_per_req" > "$RESULTS"
 for round in $(seq "$ROUNDS"); do
-    # Rotate the order each round.
-    shift_by=$(( (round - 1) % ${#ORDER[@]} ))
-    rotated=("${ORDER[@]:$shift_by}" "${ORDER[@]:0:$shift_by}")
-    for name in "${rotated[@]}"; do
+    rotated_order "$round"
+    for name in "${ROTATED[@]}"; do
         before=$(ticks "$name")
         load --target "http://127.0.0.1:${PORT[$name]}" --max --connections "$CONNECTIONS" \
             --duration "$DURATION" --seed "$round" > "$OUT/max-$name-$round.json"

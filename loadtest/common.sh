@@ -1,4 +1,5 @@
-# Shared by bench.sh, ab.sh and instructions.sh (sourced, not run).
+# Shared by bench.sh, ab.sh and instructions.sh (sourced, not run; they set ROOT, BUILD,
+# LOAD_CPU, PIDS, WORK and ORDER as these functions need).
 
 # stop_servers: kills every pid in PIDS and waits for them.
 stop_servers() {
@@ -18,4 +19,33 @@ wait_until_serving() {
     done
     echo "$script: $name does not answer 200 (got $code; see its log in $WORK)" >&2
     exit 1
+}
+
+# need_tools SCRIPT HINT TOOL...: exits unless every TOOL is on the PATH (HINT, which
+# may be empty, is added to the message).
+need_tools() {
+    local script=$1 hint=$2 tool
+    shift 2
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "$script: needs $tool${hint:+ ($hint)}" >&2; exit 2; }
+    done
+}
+
+# build_bins: from the repository root, the release binaries (unless BUILD is 0); sets BIN.
+build_bins() {
+    cd "$ROOT"
+    if [ "$BUILD" = 1 ]; then
+        cargo build --release --workspace --bins
+    fi
+    BIN="$ROOT/target/release"
+}
+
+# load ARGS...: the load generator on the load core, JSON report on stdout.
+load() { taskset -c "$LOAD_CPU" "$BIN/loadtest" --json "$@"; }
+
+# rotated_order ROUND: ORDER rotated by ROUND - 1, into ROTATED (so that a noisy
+# neighbour spreads over every row).
+rotated_order() {
+    local shift_by=$(( ($1 - 1) % ${#ORDER[@]} ))
+    ROTATED=("${ORDER[@]:$shift_by}" "${ORDER[@]:0:$shift_by}")
 }

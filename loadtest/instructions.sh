@@ -39,15 +39,8 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-for tool in valgrind callgrind_control callgrind_annotate curl python3; do
-    command -v "$tool" >/dev/null || { echo "instructions.sh: needs $tool (apt-get install -y valgrind)" >&2; exit 2; }
-done
-
-cd "$ROOT"
-if [ "$BUILD" = 1 ]; then
-    cargo build --release --workspace --bins
-fi
-BIN="$ROOT/target/release"
+need_tools instructions.sh "apt-get install -y valgrind" valgrind callgrind_control callgrind_annotate curl python3
+build_bins
 [ ${#RISKGATE[@]} -gt 0 ] || RISKGATE=("$BIN/riskgate")
 WORK=$(mktemp -d /tmp/riskgate-instructions.XXXXXX)
 OUT=${KEEP:-$WORK}
@@ -69,7 +62,7 @@ LISTEN=127.0.0.1:18182
 "$BIN/stub-upstream" --listen $UP --workers 1 2>"$WORK/stub.log" &
 PIDS+=($!)
 
-load() {
+send_claims() {
     "$BIN/loadtest" --json --target "http://$LISTEN" --rate "$RATE" --connections 20 --seed 1 "$@" \
         | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["requests"], r["ok"], r["errors_total"])'
 }
@@ -85,9 +78,9 @@ measure() {
         curl -s -o /dev/null -X POST "http://$LISTEN/api/coupon/claim" && break
         sleep 0.2
     done
-    load --duration $((500 / RATE + 1)) >/dev/null
+    send_claims --duration $((500 / RATE + 1)) >/dev/null
     callgrind_control -z "$pid" >/dev/null 2>&1
-    read -r sent ok errors < <(load --duration "$(python3 -c "print($REQUESTS / $RATE)")")
+    read -r sent ok errors < <(send_claims --duration "$(python3 -c "print($REQUESTS / $RATE)")")
     callgrind_control -d "$pid" >/dev/null 2>&1
     kill -INT "$pid"; wait "$pid" 2>/dev/null || true
     # The dump after the zeroing is the file with the highest suffix.
